@@ -1,0 +1,50 @@
+# Kiln: `make run` and `make test` install whatever is missing, then do the job.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := .make
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps host venv run test test-unit test-bpf lint bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: host venv ## install everything Kiln and its tests need (idempotent)
+
+host: ## apt packages, kernel headers (or a fallback), tracefs/debugfs mounts
+	@tools/setup-host.sh
+
+venv: $(STAMP)/venv ## the virtualenv with Kiln installed in editable mode
+
+$(STAMP)/venv: pyproject.toml | host
+	@mkdir -p $(STAMP)
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@echo "setup: pip install -e '.[dev]'" >&2
+	@$(PY) -m pip install -q -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
+	@touch $@
+
+run: deps ## record the whole host for 10 s, print the top table, write kiln-profile.pb.gz
+	$(VENV)/bin/kiln record -F 99 -d 10 -o kiln-profile.pb.gz
+	$(VENV)/bin/kiln top kiln-profile.pb.gz
+
+test: deps lint ## lint, then the whole suite (BPF tests run for real as root)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+test-unit: deps ## tests that need no root
+	$(VENV)/bin/pytest -q tests/unit
+
+test-bpf: deps ## real-kernel tests
+	$(VENV)/bin/pytest -q tests/bpf
+
+lint: deps ## ruff and mypy
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy --no-error-summary
+
+bench: deps ## measure the issues' figures side by side, write BENCHMARKS.md
+	$(PY) tools/bench.py --output BENCHMARKS.md
+
+clean: ## remove the venv and build stamps
+	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,102 @@
+"""ctypes mirror of bpf/kiln.h: the only description of the kernel ABI in Python.
+
+tests/unit/test_abi.py compiles the header and compares every size and
+offset; tests/bpf checks them against the types BCC derives from the C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = BPF_DIR / "kiln.h"
+
+COMM_LEN = 16
+MAX_STACK_DEPTH = 127
+
+
+class Counter(enum.IntEnum):
+    """Index of each loss/event counter; same order as enum kiln_counter."""
+
+    SAMPLES = 0
+    IDLE = 1
+    FILTERED = 2
+    KSTACK_ERR = 3
+    USTACK_ERR = 4
+    STACK_FULL = 5
+    COUNTS_FULL = 6
+    EVENTS_LOST = 7
+    LEAF_FIXED = 8
+
+
+COUNTER_MAX = 9
+
+# Counters that mean data was lost, with the setting that fixes each.
+LOSS_REMEDIES: dict[Counter, str] = {
+    Counter.KSTACK_ERR: "kernel stacks unreadable; check kernel.perf_event_max_stack",
+    Counter.USTACK_ERR: "user stacks unreadable",
+    Counter.STACK_FULL: "raise --stack-entries (stack map full or hash collision)",
+    Counter.COUNTS_FULL: "raise --count-entries or shorten the window",
+    Counter.EVENTS_LOST: "raise --ringbuf-pages",
+}
+
+
+class Flag(enum.IntFlag):
+    FILTER_PIDS = 0x1
+    FILTER_COMMS = 0x2
+    KERNEL_STACKS = 0x4
+    INCLUDE_IDLE = 0x8
+
+
+EV_NEW_KEY = 1
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("active", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class Comm(ctypes.Structure):
+    _fields_ = [("comm", ctypes.c_char * COMM_LEN)]
+
+
+class SampleKey(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("kstack_id", ctypes.c_int32),
+        ("ustack_id", ctypes.c_int32),
+        ("_pad", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("leaf_caller", ctypes.c_uint64),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class SampleValue(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("first_ns", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+    ]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("half", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+        ("key", SampleKey),
+    ]
+
+
+# C struct name -> mirror, for the layout tests.
+MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "kiln_config": Config,
+    "kiln_comm": Comm,
+    "kiln_sample_key": SampleKey,
+    "kiln_sample_value": SampleValue,
+    "kiln_event": Event,
+}

@@ -1,0 +1,227 @@
+"""The BCC-facing layer: the only module that imports `bcc`.
+
+It compiles bpf/cpu_sample.bpf.c, attaches it to the cpu-clock software
+event on every online CPU, and exposes the maps through `SamplerBackend`,
+a small Protocol the rest of the agent is written against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from profiler.bpf import abi
+from profiler.errors import BccMissingError, BpfUnavailableError, NotRootError
+from profiler.kernel_headers import find_headers
+
+log = logging.getLogger("kiln.bpf")
+
+PROGRAM = abi.BPF_DIR / "cpu_sample.bpf.c"
+
+KEY_DTYPE = np.dtype(
+    {
+        "names": ["pid", "tid", "cpu", "kstack_id", "ustack_id", "cgroup_id", "leaf_caller", "comm"],
+        "formats": ["<u4", "<u4", "<u4", "<i4", "<i4", "<u8", "<u8", "S16"],
+        "offsets": [0, 4, 8, 12, 16, 24, 32, 40],
+        "itemsize": ctypes.sizeof(abi.SampleKey),
+    }
+)
+VALUE_DTYPE = np.dtype(
+    {
+        "names": ["count", "first_ns", "last_ns"],
+        "formats": ["<u8", "<u8", "<u8"],
+        "offsets": [0, 8, 16],
+        "itemsize": ctypes.sizeof(abi.SampleValue),
+    }
+)
+
+
+@dataclass(frozen=True)
+class MapSizes:
+    stack_entries: int = 8192
+    count_entries: int = 16384
+    ringbuf_pages: int = 64
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DKILN_STACK_ENTRIES={self.stack_entries}",
+            f"-DKILN_COUNT_ENTRIES={self.count_entries}",
+            f"-DKILN_RINGBUF_PAGES={self.ringbuf_pages}",
+        ]
+
+
+EventHandler = Callable[[abi.Event], None]
+
+
+class SamplerBackend(Protocol):
+    """What the sampler needs from the kernel side."""
+
+    def attach(self, frequency_hz: int) -> None: ...
+    def detach(self) -> None: ...
+    def set_config(self, active: int, flags: abi.Flag) -> None: ...
+    def set_pid_filter(self, pids: Iterable[int]) -> None: ...
+    def set_comm_filter(self, comms: Iterable[str]) -> None: ...
+    def drain_counts(self, half: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def stack(self, half: int, stack_id: int) -> tuple[int, ...]: ...
+    def clear_stacks(self, half: int) -> None: ...
+    def counters(self) -> dict[abi.Counter, int]: ...
+    def poll_events(self, timeout_ms: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def cflags(sizes: MapSizes) -> list[str]:
+    return [f"-I{abi.BPF_DIR}", *sizes.cflags()]
+
+
+def program_source() -> str:
+    """The C that BCC compiles (for `kiln bpf-source`)."""
+    return PROGRAM.read_text()
+
+
+def _import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as e:
+        raise BccMissingError(
+            f"cannot import BCC's Python bindings ({e})",
+            "run `make deps` (apt-get install bpfcc-tools python3-bpfcc libbpfcc) and use the "
+            "venv made from /usr/bin/python3 with --system-site-packages",
+        ) from e
+    return bcc
+
+
+class BccBackend:
+    """SamplerBackend over a BCC-loaded cpu_sample program."""
+
+    def __init__(self, sizes: MapSizes | None = None, on_event: EventHandler | None = None) -> None:
+        if os.geteuid() != 0:
+            raise NotRootError(
+                "Kiln must run as root to load BPF programs and open perf events",
+                "run it with sudo (or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)",
+            )
+        bcc = _import_bcc()
+        headers = find_headers()
+        if headers.fallback:
+            log.warning(headers.describe())
+        else:
+            log.info(headers.describe())
+        self._bcc = bcc
+        self.sizes = sizes or MapSizes()
+        try:
+            self._bpf = bcc.BPF(src_file=str(PROGRAM).encode(), cflags=cflags(self.sizes))
+        except Exception as e:
+            raise BpfUnavailableError(
+                f"the kernel or BCC refused Kiln's BPF program: {e}",
+                "run `kiln doctor`; it checks the BPF syscall, BTF, headers and limits",
+            ) from e
+        self._attached_hz = 0
+        self._on_event = on_event
+        self._bpf["events"].open_ring_buffer(self._ringbuf_callback)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def attach(self, frequency_hz: int) -> None:
+        if self._attached_hz:
+            self.detach()
+        try:
+            self._bpf.attach_perf_event(
+                ev_type=self._bcc.PerfType.SOFTWARE,
+                ev_config=self._bcc.PerfSWConfig.CPU_CLOCK,
+                fn_name=b"on_cpu_sample",
+                sample_freq=frequency_hz,
+                cpu=-1,
+            )
+        except Exception as e:
+            raise BpfUnavailableError(
+                f"cannot attach to the cpu-clock perf event at {frequency_hz} Hz: {e}",
+                "lower --frequency below /proc/sys/kernel/perf_event_max_sample_rate",
+            ) from e
+        self._attached_hz = frequency_hz
+
+    def detach(self) -> None:
+        if self._attached_hz:
+            self._bpf.detach_perf_event(
+                ev_type=self._bcc.PerfType.SOFTWARE, ev_config=self._bcc.PerfSWConfig.CPU_CLOCK
+            )
+            self._attached_hz = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.detach()
+        self._bpf.cleanup()
+
+    # -- configuration -----------------------------------------------------
+
+    def set_config(self, active: int, flags: abi.Flag) -> None:
+        table = self._bpf["config"]
+        table[ctypes.c_int(0)] = abi.Config(active=active, flags=int(flags))
+
+    def set_pid_filter(self, pids: Iterable[int]) -> None:
+        table = self._bpf["pid_filter"]
+        table.clear()
+        for pid in pids:
+            table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def set_comm_filter(self, comms: Iterable[str]) -> None:
+        table = self._bpf["comm_filter"]
+        table.clear()
+        for comm in comms:
+            key = table.Key()
+            raw = comm.encode()[: abi.COMM_LEN - 1]
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            table[key] = ctypes.c_uint8(1)
+
+    # -- data --------------------------------------------------------------
+
+    def drain_counts(self, half: int) -> tuple[np.ndarray, np.ndarray]:
+        """All (key, value) rows of one half as numpy records; the half is emptied."""
+        table = self._bpf[f"counts{half}"]
+        keys = bytearray()
+        values = bytearray()
+        for k, v in table.items_lookup_and_delete_batch():
+            keys += bytes(k)
+            values += bytes(v)
+        return np.frombuffer(bytes(keys), KEY_DTYPE), np.frombuffer(bytes(values), VALUE_DTYPE)
+
+    def stack(self, half: int, stack_id: int) -> tuple[int, ...]:
+        try:
+            trace = self._bpf[f"stacks{half}"][ctypes.c_int(stack_id)]
+        except KeyError:
+            return ()
+        ips = np.ctypeslib.as_array(trace.ip)
+        n = int(np.argmax(ips == 0)) if (ips == 0).any() else len(ips)
+        return tuple(int(x) for x in ips[:n])
+
+    def clear_stacks(self, half: int) -> None:
+        self._bpf[f"stacks{half}"].clear()
+
+    def counters(self) -> dict[abi.Counter, int]:
+        table = self._bpf["counters"]
+        out = {}
+        for c in abi.Counter:
+            out[c] = int(sum(table[ctypes.c_int(int(c))]))
+        return out
+
+    def poll_events(self, timeout_ms: int) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def _ringbuf_callback(self, _ctx: Any, data: Any, size: int) -> int:
+        if size < ctypes.sizeof(abi.Event) or self._on_event is None:
+            return 0
+        ev = abi.Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(abi.Event)))
+        self._on_event(ev)  # the sampler's handler counts its own failures
+        return 0
+
+    # -- introspection for tests -------------------------------------------
+
+    def bcc_struct(self, table: str, part: str) -> type[ctypes.Structure]:
+        """The ctypes type BCC derived from the C for a map's Key or Leaf."""
+        t: type[ctypes.Structure] = getattr(self._bpf[table], part)
+        return t

@@ -1,0 +1,157 @@
+"""The core loop: sample windows from BPF, track processes, symbolize, merge.
+
+`Recorder` wires the pieces (backend, process table, symbolizers, sampler)
+and is what `kiln record` (and later the daemon) drives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from profiler.bpf import abi
+from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend
+from profiler.processes import ProcessInfo, ProcessTable
+from profiler.sampler import Sampler, SamplerOptions, Window
+from symbolizer.aggregate import RawSample, build_profile
+from symbolizer.kallsyms import KernelSymbolizer
+from symbolizer.native import NativeSymbolizer
+from symbolizer.profile import Frame, Profile
+
+log = logging.getLogger("kiln.recorder")
+
+
+@dataclass
+class RecordStats:
+    samples: int = 0
+    windows: int = 0
+    lost: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    def __init__(
+        self,
+        options: SamplerOptions,
+        *,
+        backend_factory: Callable[[Callable[[abi.Event], None]], SamplerBackend] | None = None,
+        sizes: MapSizes | None = None,
+        processes: ProcessTable | None = None,
+    ) -> None:
+        self.options = options
+        self.processes = processes or ProcessTable()
+        self.native = NativeSymbolizer()
+        self.kernel = KernelSymbolizer()
+        self.stats = RecordStats()
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
+        factory = backend_factory or (lambda cb: BccBackend(sizes, on_event=cb))
+        # The backend calls the sampler's handler; the sampler needs the backend.
+        self.sampler: Sampler
+        backend = factory(lambda ev: self.sampler.handle_event(ev))
+        self.sampler = Sampler(backend, options, observe=self.processes.observe, maps_of=self._maps_of)
+
+    def _maps_of(self, pid: int) -> Sequence[object] | None:
+        info = self.processes.get(pid) or self.processes.observe(pid)
+        return info.maps if info else None
+
+    # -- symbolization callbacks ------------------------------------------
+
+    def _resolve_user(self, pid: int, addrs: np.ndarray) -> Sequence[Frame]:
+        info = self.processes.get(pid) or self.processes.observe(pid)
+        maps = info.maps if info else ()
+        if info is not None and maps and not _all_mapped(maps, addrs):
+            # A library loaded after we read the maps (dlopen): read them again.
+            refreshed = self.processes.refresh_maps(pid)
+            if refreshed is not None:
+                maps = refreshed.maps
+        return self.native.symbolize(pid, maps, addrs)
+
+    def _resolve_kernel(self, addrs: np.ndarray) -> Sequence[Frame]:
+        return self.kernel.symbolize(addrs)
+
+    def _labels(self, s: RawSample) -> list[tuple[str, str]]:
+        info: ProcessInfo | None = self.processes.get(s.pid)
+        labels = [("pid", str(s.pid)), ("tid", str(s.tid)), ("comm", s.comm), ("cpu", str(s.cpu))]
+        if info is not None:
+            labels.append(("container", info.container_id))
+            labels.append(("exe", info.exe))
+        return labels
+
+    # -- windows ------------------------------------------------------------
+
+    def profile_of(self, window: Window) -> Profile:
+        period = int(1e9 / self.options.frequency_hz)
+        profile = build_profile(
+            window.samples,
+            resolve_user=self._resolve_user,
+            resolve_kernel=self._resolve_kernel,
+            labels=self._labels,
+            period_ns=period,
+            start_ns=window.start_ns + self._wall_offset,
+            duration_ns=window.end_ns - window.start_ns,
+        )
+        self.stats.samples += window.total
+        self.stats.windows += 1
+        for k, v in window.counters.items():
+            self.stats.counters[k] = self.stats.counters.get(k, 0) + v
+        self.stats.lost = sum(self.stats.counters.get(c.name.lower(), 0) for c in abi.LOSS_REMEDIES)
+        return profile
+
+    def start(self) -> None:
+        self.sampler.start()
+        log.info("sampling at %d Hz on %d CPUs", self.options.frequency_hz, os.cpu_count() or 0)
+
+    def close(self) -> None:
+        self.sampler.stop()
+        self.sampler.backend.close()
+
+    def record(
+        self,
+        duration_s: float,
+        *,
+        window_s: float = 10.0,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[float, RecordStats], None] | None = None,
+    ) -> Profile:
+        """Sample for `duration_s` (or until `should_stop`), return the merged profile."""
+        total = Profile(period_ns=int(1e9 / self.options.frequency_hz))
+        t0 = time.monotonic()
+        next_window = t0 + window_s
+        next_progress = t0 + 1.0
+        while True:
+            now = time.monotonic()
+            if now - t0 >= duration_s or should_stop():
+                break
+            self.sampler.poll(100)
+            if now >= next_window:
+                total.merge(self.profile_of(self.sampler.close_window()))
+                next_window = now + window_s
+            if on_progress is not None and now >= next_progress:
+                on_progress(now - t0, self.stats)
+                next_progress = now + 1.0
+        total.merge(self.profile_of(self.sampler.close_window()))
+        self.processes.prune()
+        return total
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self.stats.counters)
+        out.update({f"process_{k}": v for k, v in self.processes.counters.items()})
+        out.update({f"symbolizer_{k}": v for k, v in self.native.counters.items()})
+        out.update({f"sampler_{k}": v for k, v in self.sampler.counters.items()})
+        return out
+
+
+def _all_mapped(maps: Sequence[object], addrs: np.ndarray) -> bool:
+    starts = np.array([m.start for m in maps], dtype=np.uint64)  # type: ignore[attr-defined]
+    ends = np.array([m.end for m in maps], dtype=np.uint64)  # type: ignore[attr-defined]
+    order = np.argsort(starts)
+    starts, ends = starts[order], ends[order]
+    idx = np.searchsorted(starts, addrs, side="right") - 1
+    ok = idx >= 0
+    ok[ok] = addrs[ok] < ends[idx[ok]]
+    return bool(ok.all())

@@ -1,0 +1,59 @@
+"""Shared fixtures: building C fixtures at test time, and the BPF gate.
+
+Tests marked `bpf` need root and a BPF-capable kernel. Outside CI they skip
+with the reason; with CI=true a missing capability is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def bpf_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for BPF and perf events"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        return f"BCC's Python bindings are not importable ({e})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = bpf_unavailable_reason()
+    for item in items:
+        if "/bpf/" in str(item.fspath):
+            item.add_marker(pytest.mark.bpf)
+            if reason is not None:
+                if IN_CI:
+                    item.user_properties.append(("bpf_missing", reason))  # fails in the fixture
+                else:
+                    item.add_marker(pytest.mark.skip(reason=f"not in CI: {reason}"))
+
+
+@pytest.fixture(autouse=True)
+def _bpf_missing_fails_in_ci(request: pytest.FixtureRequest) -> None:
+    for key, reason in request.node.user_properties:
+        if key == "bpf_missing":
+            pytest.fail(f"BPF test cannot run with CI=true: {reason}")
+
+
+def build_c(tmp_dir: Path, source: str, out_name: str, *flags: str) -> Path:
+    """Compile a checked-in C fixture into tmp_dir; never a committed binary."""
+    cc = shutil.which("gcc") or "cc"
+    out = tmp_dir / out_name
+    subprocess.run([cc, *flags, str(FIXTURES / source), "-o", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixture_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fixtures")
