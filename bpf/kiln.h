@@ -24,7 +24,7 @@ enum kiln_counter {
 	KILN_CTR_FILTERED = 2,    /* samples outside the pid/comm filter */
 	KILN_CTR_KSTACK_ERR = 3,  /* kernel stack could not be read */
 	KILN_CTR_USTACK_ERR = 4,  /* user stack could not be read */
-	KILN_CTR_STACK_FULL = 5,  /* stack map full or hash collision: stack lost */
+	KILN_CTR_STACK_FULL = 5,  /* stack map full: stack lost */
 	KILN_CTR_COUNTS_FULL = 6, /* counts map full: sample lost */
 	KILN_CTR_EVENTS_LOST = 7, /* ring buffer full: new-key event lost */
 	KILN_CTR_LEAF_FIXED = 8,  /* caller recovered at a frame-less point */
@@ -51,13 +51,22 @@ struct kiln_sample_key {
 	__u32 pid; /* tgid */
 	__u32 tid;
 	__u32 cpu;
-	__s32 kstack_id; /* <0: none (user mode, filtered, or error) */
-	__s32 ustack_id; /* <0: none (kernel thread or error) */
 	__u32 _pad;
+	__u64 kstack; /* hash of the kernel stack in stacksN, 0: none */
+	__u64 ustack; /* hash of the user stack in stacksN, 0: none */
 	__u64 cgroup_id;
 	__u64 leaf_caller; /* return address read at [sp] when the leaf had no frame yet, else 0 */
 	char comm[KILN_COMM_LEN];
 };
+
+/* A stack as stored in the stacksN maps, keyed by its 64-bit hash. */
+struct kiln_stack {
+	__u32 len;   /* frames used in ips */
+	__u32 flags; /* KILN_STACK_* */
+	__u64 ips[KILN_MAX_STACK_DEPTH];
+};
+
+#define KILN_STACK_TRUNCATED 0x1u /* the walk hit KILN_MAX_STACK_DEPTH */
 
 struct kiln_sample_value {
 	__u64 count;
@@ -79,9 +88,10 @@ struct kiln_event {
 
 #ifdef __KILN_USERSPACE__
 _Static_assert(sizeof(struct kiln_config) == 8, "kiln_config size");
-_Static_assert(sizeof(struct kiln_sample_key) == 56, "kiln_sample_key size");
+_Static_assert(sizeof(struct kiln_sample_key) == 64, "kiln_sample_key size");
+_Static_assert(sizeof(struct kiln_stack) == 1024, "kiln_stack size");
 _Static_assert(sizeof(struct kiln_sample_value) == 24, "kiln_sample_value size");
-_Static_assert(sizeof(struct kiln_event) == 72, "kiln_event size");
+_Static_assert(sizeof(struct kiln_event) == 80, "kiln_event size");
 #endif
 
 #endif /* KILN_H */

@@ -75,14 +75,20 @@ def cmd_record(args: argparse.Namespace) -> int:
     def progress(elapsed: float, stats: RecordStats) -> None:
         if tty or int(elapsed) % 5 == 0:
             end = "\r" if tty else "\n"
-            print(f"kiln: recording {elapsed:4.0f}/{args.duration:g} s, {stats.samples} samples, "
-                  f"{stats.lost} lost", end=end, file=sys.stderr, flush=True)
+            print(
+                f"kiln: recording {elapsed:4.0f}/{args.duration:g} s, {stats.samples} samples, "
+                f"{stats.lost} lost",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
         with stop.installed():
             recorder.start()
-            profile = recorder.record(args.duration, window_s=args.window,
-                                      should_stop=stop.is_set, on_progress=progress)
+            profile = recorder.record(
+                args.duration, window_s=args.window, should_stop=stop.is_set, on_progress=progress
+            )
     finally:
         recorder.close()
     if tty:
@@ -94,13 +100,24 @@ def cmd_record(args: argparse.Namespace) -> int:
     else:
         Path(args.output).write_text(folded.dumps(profile))
     stats = recorder.stats
-    print(f"kiln: wrote {args.output}: {profile.total_samples} samples, {stats.lost} lost",
-          file=sys.stderr)
+    print(
+        f"kiln: wrote {args.output}: {profile.total_samples} samples, {stats.lost} lost",
+        file=sys.stderr,
+    )
     _report_losses(counters)
     if args.stats:
-        Path(args.stats).write_text(json.dumps(
-            {"samples": profile.total_samples, "lost": stats.lost, "windows": stats.windows,
-             "counters": counters}, indent=1, sort_keys=True))
+        Path(args.stats).write_text(
+            json.dumps(
+                {
+                    "samples": profile.total_samples,
+                    "lost": stats.lost,
+                    "windows": stats.windows,
+                    "counters": counters,
+                },
+                indent=1,
+                sort_keys=True,
+            )
+        )
     return 0
 
 
@@ -179,8 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("record", help="sample CPU stacks and write a profile",
-                       epilog=RECORD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "record",
+        help="sample CPU stacks and write a profile",
+        epilog=RECORD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("-F", "--frequency", type=int, default=99, help="samples per second per CPU")
     r.add_argument("-d", "--duration", type=float, default=10.0, help="seconds to record")
     r.add_argument("-p", "--pid", type=int, action="append", help="only this process (repeatable)")

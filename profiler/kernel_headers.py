@@ -54,7 +54,7 @@ def find_headers(modules_root: str = "/lib/modules", running: str | None = None)
             fallback = bool(release) and release != running
             return HeadersInfo(path=path, release=release, running=running, fallback=fallback)
     raise HeadersMissingError(
-        f"no kernel headers for kernel {running} (looked in {', '.join(c for c in candidates if c)})",
+        f"no kernel headers for kernel {running} (looked in {', '.join(filter(None, candidates))})",
         f"run `make deps` (installs linux-headers-{running}, or links the distro's newest "
         "linux-headers-* when none exist for this kernel), or point BCC_KERNEL_SOURCE at a "
         "headers tree",

@@ -50,7 +50,9 @@ def check_root() -> Check:
     if os.geteuid() == 0 or has_bpf or caps & (1 << CAP_SYS_ADMIN):
         return Check("privileges", True, f"uid {os.geteuid()}, CapEff {caps:#x}")
     return Check(
-        "privileges", False, f"uid {os.geteuid()} without CAP_BPF/CAP_PERFMON",
+        "privileges",
+        False,
+        f"uid {os.geteuid()} without CAP_BPF/CAP_PERFMON",
         "run as root: sudo kiln ...",
     )
 
@@ -66,16 +68,24 @@ def check_bpf_syscall() -> Check:
     if rc == 0 or err == 2:  # ENOENT: no programs loaded, but the call works
         return Check("bpf syscall", True, "available")
     if err == 1:
-        return Check("bpf syscall", False, "EPERM", "run as root; check kernel.unprivileged_bpf_disabled")
-    return Check("bpf syscall", False, os.strerror(err), "use a kernel built with CONFIG_BPF_SYSCALL=y")
+        return Check(
+            "bpf syscall", False, "EPERM", "run as root; check kernel.unprivileged_bpf_disabled"
+        )
+    return Check(
+        "bpf syscall", False, os.strerror(err), "use a kernel built with CONFIG_BPF_SYSCALL=y"
+    )
 
 
 def check_btf() -> Check:
     if Path("/sys/kernel/btf/vmlinux").exists():
         return Check("BTF", True, "/sys/kernel/btf/vmlinux present")
-    return Check("BTF", False, "no /sys/kernel/btf/vmlinux",
-                 "use a kernel with CONFIG_DEBUG_INFO_BTF=y (Kiln's later unwinders need it)",
-                 warning=True)
+    return Check(
+        "BTF",
+        False,
+        "no /sys/kernel/btf/vmlinux",
+        "use a kernel with CONFIG_DEBUG_INFO_BTF=y (Kiln's later unwinders need it)",
+        warning=True,
+    )
 
 
 def check_paranoid() -> Check:
@@ -85,8 +95,12 @@ def check_paranoid() -> Check:
         return Check("perf_event_paranoid", False, "unreadable", "mount /proc")
     if level <= 2 or os.geteuid() == 0:
         return Check("perf_event_paranoid", True, f"{level} (root is not limited by it)")
-    return Check("perf_event_paranoid", False, str(level),
-                 "sysctl kernel.perf_event_paranoid=2, or run as root")
+    return Check(
+        "perf_event_paranoid",
+        False,
+        str(level),
+        "sysctl kernel.perf_event_paranoid=2, or run as root",
+    )
 
 
 def check_max_rate() -> Check:
@@ -103,9 +117,13 @@ def check_headers() -> Check:
     except KilnError as e:
         return Check("kernel headers", False, e.message, e.remedy)
     if info.fallback:
-        return Check("kernel headers", True, info.describe(),
-                     f"apt-get install linux-headers-{info.running} if your distro has it",
-                     warning=True)
+        return Check(
+            "kernel headers",
+            True,
+            info.describe(),
+            f"apt-get install linux-headers-{info.running} if your distro has it",
+            warning=True,
+        )
     return Check("kernel headers", True, info.describe())
 
 
@@ -114,23 +132,37 @@ def check_tracefs() -> Check:
     have = {fs for fs in ("tracefs", "debugfs") if f" {fs} " in mounts}
     if "tracefs" in have:
         return Check("tracefs", True, "mounted")
-    return Check("tracefs", False, "not mounted",
-                 "mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug")
+    return Check(
+        "tracefs",
+        False,
+        "not mounted",
+        "mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug",
+    )
 
 
 def check_bcc() -> Check:
     try:
         import bcc
     except ImportError as e:
-        return Check("BCC python bindings", False, str(e),
-                     "apt-get install bpfcc-tools python3-bpfcc libbpfcc; use a venv with "
-                     "--system-site-packages made from /usr/bin/python3")
+        return Check(
+            "BCC python bindings",
+            False,
+            str(e),
+            "apt-get install bpfcc-tools python3-bpfcc libbpfcc; use a venv with "
+            "--system-site-packages made from /usr/bin/python3",
+        )
     return Check("BCC python bindings", True, f"bcc from {Path(bcc.__file__).parent}")
 
 
 CHECKS: list[Callable[[], Check]] = [
-    check_root, check_bpf_syscall, check_btf, check_paranoid, check_max_rate,
-    check_headers, check_tracefs, check_bcc,
+    check_root,
+    check_bpf_syscall,
+    check_btf,
+    check_paranoid,
+    check_max_rate,
+    check_headers,
+    check_tracefs,
+    check_bcc,
 ]
 
 

@@ -361,9 +361,7 @@ class ProcessTable:
     def _open_dir(self, pid: int, *, count_vanished: bool = True) -> int | None:
         """An fd on /proc/PID; None (counted) if it cannot be opened."""
         try:
-            return os.open(
-                f"{self.proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            )
+            return os.open(f"{self.proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             if err.errno not in _VANISHED_ERRNOS:
                 self.counters["read_errors"] += 1
@@ -453,4 +451,3 @@ class ProcessTable:
         if len(self._build_ids) > self.max_entries:
             self._build_ids.popitem(last=False)
         return build_id
-

@@ -17,6 +17,7 @@ import numpy as np
 from profiler.bpf import abi
 from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend
 from profiler.processes import ProcessInfo, ProcessTable
+from profiler.procfs import MapEntry
 from profiler.sampler import Sampler, SamplerOptions, Window
 from symbolizer.aggregate import RawSample, build_profile
 from symbolizer.kallsyms import KernelSymbolizer
@@ -39,7 +40,7 @@ class Recorder:
         self,
         options: SamplerOptions,
         *,
-        backend_factory: Callable[[Callable[[abi.Event], None]], SamplerBackend] | None = None,
+        backend: SamplerBackend | None = None,
         sizes: MapSizes | None = None,
         processes: ProcessTable | None = None,
     ) -> None:
@@ -49,13 +50,14 @@ class Recorder:
         self.kernel = KernelSymbolizer()
         self.stats = RecordStats()
         self._wall_offset = time.time_ns() - time.monotonic_ns()
-        factory = backend_factory or (lambda cb: BccBackend(sizes, on_event=cb))
-        # The backend calls the sampler's handler; the sampler needs the backend.
-        self.sampler: Sampler
-        backend = factory(lambda ev: self.sampler.handle_event(ev))
-        self.sampler = Sampler(backend, options, observe=self.processes.observe, maps_of=self._maps_of)
+        self.sampler = Sampler(
+            backend or BccBackend(sizes),
+            options,
+            observe=self.processes.observe,
+            maps_of=self._maps_of,
+        )
 
-    def _maps_of(self, pid: int) -> Sequence[object] | None:
+    def _maps_of(self, pid: int) -> Sequence[MapEntry] | None:
         info = self.processes.get(pid) or self.processes.observe(pid)
         return info.maps if info else None
 
@@ -146,9 +148,9 @@ class Recorder:
         return out
 
 
-def _all_mapped(maps: Sequence[object], addrs: np.ndarray) -> bool:
-    starts = np.array([m.start for m in maps], dtype=np.uint64)  # type: ignore[attr-defined]
-    ends = np.array([m.end for m in maps], dtype=np.uint64)  # type: ignore[attr-defined]
+def _all_mapped(maps: Sequence[MapEntry], addrs: np.ndarray) -> bool:
+    starts = np.array([m.start for m in maps], dtype=np.uint64)
+    ends = np.array([m.end for m in maps], dtype=np.uint64)
     order = np.argsort(starts)
     starts, ends = starts[order], ends[order]
     idx = np.searchsorted(starts, addrs, side="right") - 1

@@ -1,8 +1,8 @@
 """Windows of samples from the BPF side, as plain RawSample rows.
 
 The sampler owns the double-buffer protocol: flip `config.active`, let
-programs in flight finish, drain the idle half's counts, read the stacks
-they reference, clear that half's stack map. It also turns ring-buffer
+programs in flight finish, drain the idle half's counts and the stacks
+they reference. It also turns ring-buffer
 events into process observations, so a process is looked at while alive.
 """
 
@@ -86,6 +86,7 @@ class Sampler:
         self.counters: dict[str, int] = {"events": 0, "event_errors": 0, "leaf_caller_rejected": 0}
 
     def start(self) -> None:
+        self.backend.set_event_handler(self.handle_event)
         self.backend.set_pid_filter(self.options.pids)
         self.backend.set_comm_filter(self.options.comms)
         self.backend.set_config(self._half, self.options.flags)
@@ -124,15 +125,8 @@ class Sampler:
         self.backend.poll_events(0)
         end = self._clock()
         keys, values = self.backend.drain_counts(old)
-        stacks: dict[int, tuple[int, ...]] = {}
-
-        def stack(sid: int) -> tuple[int, ...]:
-            if sid < 0:
-                return ()
-            s = stacks.get(sid)
-            if s is None:
-                s = stacks[sid] = self.backend.stack(old, sid)
-            return s
+        stacks = self.backend.drain_stacks(old)
+        missing: tuple[tuple[int, ...], bool] = ((), False)
 
         samples: list[RawSample] = []
         exec_maps: dict[int, list[MapEntry]] = {}
@@ -140,7 +134,8 @@ class Sampler:
             pid = int(k["pid"])
             if pid == 0 and not self.options.include_idle:
                 continue
-            user = stack(int(k["ustack_id"]))
+            user, user_cut = stacks.get(int(k["ustack"]), missing) if k["ustack"] else missing
+            kernel, _ = stacks.get(int(k["kstack"]), missing) if k["kstack"] else missing
             caller = int(k["leaf_caller"])
             if caller and user and (len(user) < 2 or user[1] != caller):
                 if self._is_code(pid, caller, exec_maps):
@@ -154,14 +149,14 @@ class Sampler:
                     cpu=int(k["cpu"]),
                     comm=bytes(k["comm"]).split(b"\0", 1)[0].decode("utf-8", "replace"),
                     cgroup_id=int(k["cgroup_id"]),
-                    kernel=stack(int(k["kstack_id"])),
+                    kernel=kernel,
                     user=user,
                     count=int(v["count"]),
                     first_ns=int(v["first_ns"]),
                     last_ns=int(v["last_ns"]),
+                    truncated=user_cut,
                 )
             )
-        self.backend.clear_stacks(old)
         window = Window(self._window_start, end, samples, self._counter_delta())
         self._window_start = end
         return window

@@ -29,6 +29,10 @@ class RawSample:
     count: int
     first_ns: int = 0
     last_ns: int = 0
+    truncated: bool = False  # the user stack walk hit its depth limit
+
+
+TRUNCATED = Frame("[truncated]")
 
 
 UserResolver = Callable[[int, np.ndarray], Sequence[Frame]]
@@ -47,8 +51,9 @@ def default_labels(s: RawSample) -> list[tuple[str, str]]:
     return [("pid", str(s.pid)), ("tid", str(s.tid)), ("comm", s.comm), ("cpu", str(s.cpu))]
 
 
-def _resolve(addrs_per_key: dict[int, set[int]], resolve: Callable[[int, np.ndarray], Sequence[Frame]]
-             ) -> dict[tuple[int, int], Frame]:
+def _resolve(
+    addrs_per_key: dict[int, set[int]], resolve: Callable[[int, np.ndarray], Sequence[Frame]]
+) -> dict[tuple[int, int], Frame]:
     out: dict[tuple[int, int], Frame] = {}
     for key, addrs in addrs_per_key.items():
         arr = np.fromiter(addrs, dtype=np.uint64, count=len(addrs))
@@ -82,13 +87,15 @@ def build_profile(
     profile = Profile(start_ns=start_ns, duration_ns=duration_ns, period_ns=period_ns)
     # Interning the same stack twice is cheap, but building its frame list
     # is not: cache per distinct (pid, kernel, user) triple.
-    stack_ids: dict[tuple[int, tuple[int, ...], tuple[int, ...]], int] = {}
+    stack_ids: dict[tuple[int, tuple[int, ...], tuple[int, ...], bool], int] = {}
     for s in samples:
-        skey = (s.pid, s.kernel, s.user)
+        skey = (s.pid, s.kernel, s.user, s.truncated)
         sid = stack_ids.get(skey)
         if sid is None:
             frames = [kernel[(0, a)] for a in lookup_addresses(s.kernel)]
             frames += [user[(s.pid, a)] for a in lookup_addresses(s.user)]
+            if s.truncated:
+                frames.append(TRUNCATED)
             sid = stack_ids[skey] = profile.stack_id(frames)
         profile.add_by_ids(sid, profile.labels_id(labels(s)), s.count)
     return profile

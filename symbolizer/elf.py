@@ -24,7 +24,10 @@ binaries alike (for ET_EXEC it comes out equal to the runtime address).
 from __future__ import annotations
 
 import enum
+import errno
 import io
+import os
+import stat
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +68,10 @@ _MAX_NOTES_BYTES = 1 << 20
 # Linked executables and libraries have a few dozen sections; the cap bounds
 # the time a corrupt count can cost (each header is parsed in Python).
 _MAX_SECTIONS = 0xFFFF
+
+# Bounds what one symbol or string table may make us read into memory; real
+# ones (even a browser's) stay well below, a crafted sparse file need not.
+_MAX_TABLE_BYTES = 1 << 29
 
 _HEADER_SIZES = {32: (52, 32, 40), 64: (64, 56, 64)}
 """ELF class -> (e_ehsize, e_phentsize, e_shentsize)."""
@@ -166,10 +173,32 @@ def build_id(f: ElfInput) -> str:
 def build_id_of_path(path: str) -> str:
     """`build_id` of a file on disk; "" on any error (missing, unreadable, corrupt)."""
     try:
-        with open(path, "rb") as f:
-            return build_id(f)
-    except (OSError, ElfError):
+        f = open_regular(path)
+    except OSError:
         return ""
+    try:
+        return build_id(f)
+    except ElfError:
+        return ""
+    finally:
+        f.close()
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open a regular file for reading without ever blocking.
+
+    A path in another mount namespace may name a FIFO or a device where a
+    binary used to be; a plain open() of a FIFO waits for a writer forever.
+    Raises OSError for anything but a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def load_segments(f: ElfInput) -> list[Segment]:
@@ -327,6 +356,8 @@ class _Clamped:
     def read_at(self, offset: int, size: int, what: str) -> bytes:
         if offset < 0 or size < 0 or offset + size > self._size:
             raise ElfError(f"{what} runs past the end of the file")
+        if size > _MAX_TABLE_BYTES:
+            raise ElfError(f"{what} is larger than {_MAX_TABLE_BYTES} bytes")
         self.seek(offset)
         data = self.read(size)
         if len(data) != size:
@@ -396,6 +427,10 @@ class _Parsed:
         self._sections: list[Any] | None = None
 
     # -- program headers --
+    # Raw headers come from pyelftools' private _get_*_header (the version is
+    # pinned): the public get_segment()/get_section() also decode section names
+    # and build helper objects -- a PT_DYNAMIC segment walks every section --
+    # which is work, and more surface for a corrupt file, that we do not need.
 
     def _phdrs(self) -> list[Any]:
         return [self.elf._get_segment_header(i) for i in range(self.phnum)]

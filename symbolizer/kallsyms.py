@@ -23,7 +23,7 @@ import numpy.typing as npt
 from symbolizer.demangle import demangle
 from symbolizer.elf import build_id_from_notes
 from symbolizer.profile import Frame, FrameKind, Mapping
-from symbolizer.symtab import SymbolTable
+from symbolizer.symtab import SymbolTable, gc_paused
 
 KERNEL_MAPPING_NAME = "[kernel.kallsyms]"
 HIDDEN_LABEL = "[kernel] (addresses hidden: kptr_restrict)"
@@ -198,7 +198,8 @@ class KernelSymbolizer:
             self.reload()
             syms = self.symbols
             rows = syms.lookup(a)
-        return self._frames(syms, a, rows)
+        with gc_paused():
+            return self._frames(syms, a, rows)
 
     def _frames(
         self, syms: KernelSymbols, a: npt.NDArray[np.uint64], rows: npt.NDArray[np.int32]

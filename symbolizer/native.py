@@ -8,14 +8,17 @@
    in other mount namespaces resolve) or `/proc/PID/map_files/<start>-<end>`
    (deleted files, memfds, or a path now holding another inode);
 3. the file's ELF data (build id, PT_LOAD segments, a `SymbolTable`) is
-   loaded once and kept in a bounded LRU keyed by build id (the same library
-   in ten containers is parsed once), else by (dev, inode, mtime_ns, size);
+   loaded once and kept in a bounded LRU keyed by build id and size (the
+   same library in ten containers is parsed once), else by (dev, inode,
+   mtime_ns, size); files that fail to parse are remembered too;
 4. runtime addresses become ELF virtual addresses through the load bias and
    are looked up in one vectorized call per mapping.
 
 No address is ever dropped. What cannot be named is called
 `<module basename>+0x<file offset>` (or `[unknown]+0x<addr>` outside every
-mapping) and counted under the reason in `counters`.
+mapping) and counted under the reason in `counters`. Frame counters count
+distinct addresses per call (each is resolved once); file counters count
+files. Names are listed below.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from symbolizer.elf import (
     Segment,
     build_id,
     file_offsets_to_vaddrs,
+    open_regular,
     read_elf,
 )
 from symbolizer.profile import Frame, FrameKind, Mapping
-from symbolizer.symtab import SymbolTable
+from symbolizer.symtab import SymbolTable, gc_paused
 
 UNKNOWN_MODULE = "[unknown]"
 ANON_MODULE = "[anon]"
@@ -81,7 +85,7 @@ def _image_of(info: ElfInfo) -> ElfImage:
 
 
 _StatKey = tuple[int, int, int, int]
-_CacheKey = tuple[str, str] | tuple[str, int, int, int, int]
+_CacheKey = tuple[str, str, int] | tuple[str, int, int, int, int]
 
 
 class NativeSymbolizer:
@@ -116,7 +120,8 @@ class NativeSymbolizer:
         if len(a) == 0:
             return []
         uniq, inverse = np.unique(a, return_inverse=True)
-        frames = self._symbolize_sorted(pid, maps, uniq)
+        with gc_paused():
+            frames = self._symbolize_sorted(pid, maps, uniq)
         if len(uniq) == len(a) and np.array_equal(uniq, a):
             return frames
         return [frames[i] for i in inverse.ravel().tolist()]
@@ -257,7 +262,9 @@ class NativeSymbolizer:
                 bid = build_id(f)
             except ElfError:
                 bid = ""
-            key: _CacheKey = ("build_id", bid) if bid else ("stat", *skey)
+            # The size is part of the key: a stripped copy shares the build id
+            # but not the symbols.
+            key: _CacheKey = ("build_id", bid, st.st_size) if bid else ("stat", *skey)
             self._remember_stat(skey, key)
             if key in self._images:
                 return self._hit(key)
@@ -303,7 +310,7 @@ class NativeSymbolizer:
         other: BinaryIO | None = None
         for path in candidates:
             try:
-                f = open(path, "rb")  # noqa: SIM115 -- returned to the caller
+                f = open_regular(path)
             except OSError:
                 continue
             try:

@@ -188,7 +188,9 @@ class Profile:
 
     # -- samples ---------------------------------------------------------
 
-    def add(self, frames: Sequence[Frame], count: int, labels: Iterable[tuple[str, str]] = ()) -> None:
+    def add(
+        self, frames: Sequence[Frame], count: int, labels: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self.add_by_ids(self.stack_id(frames), self.labels_id(labels), count)
 
     def add_by_ids(self, stack_id: int, labels_id: int, count: int) -> None:
@@ -245,4 +247,6 @@ class Profile:
             loc_map[i] = idx
         for (sid, lid), n in other.counts.items():
             stack = tuple(loc_map[x] for x in other.stacks[sid])
-            self.add_by_ids(self.stack_id_of_locations(stack), self.labels_id(other.label_sets[lid]), n)
+            self.add_by_ids(
+                self.stack_id_of_locations(stack), self.labels_id(other.label_sets[lid]), n
+            )

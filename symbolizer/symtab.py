@@ -21,7 +21,9 @@ symbol, never past its section's end (`limits`) nor `max_unsized` bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -222,3 +224,20 @@ class SymbolTable:
         ni = np.where(hit, self.name_idx[np.where(hit, rows, 0)], -1) if len(self) else rows
         names = self.names
         return [names[i] if i >= 0 else None for i in ni.tolist()]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a batch of lookups becomes frame objects.
+
+    Turning 100k+ rows into frames allocates 100k+ tracked objects, none in
+    a cycle; with a large heap the collector's passes then cost 2-4x the
+    work itself (measured: 0.29 s vs ~1.1 s for 200k addresses).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -7,6 +7,7 @@ same run, interleaved where it can be, and reported as a ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,17 +30,24 @@ def cpu_ns(pid: int) -> int:
     """CPU time of every thread of pid, in ns, from schedstat (finer than ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
     return total
 
 
 def build(tmp: Path, name: str) -> Path:
     out = tmp / name
-    subprocess.run(["gcc", "-O2", "-fno-omit-frame-pointer", str(ROOT / "tests/fixtures" / f"{name}.c"),
-                    "-o", str(out)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-fno-omit-frame-pointer",
+            str(ROOT / "tests/fixtures" / f"{name}.c"),
+            "-o",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -66,9 +74,24 @@ def wait_line(proc: subprocess.Popen[str], marker: str, stream: str = "stderr") 
 
 def kiln_cpu(hz: int, seconds: float, tmp: Path) -> dict[str, float]:
     stats = tmp / f"stats-{hz}.json"
-    proc = subprocess.Popen([*KILN, "record", "-F", str(hz), "-d", "600", "--window", "10",
-                             "--stats", str(stats), "-o", str(tmp / f"b{hz}.pb.gz")],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *KILN,
+            "record",
+            "-F",
+            str(hz),
+            "-d",
+            "600",
+            "--window",
+            "10",
+            "--stats",
+            str(stats),
+            "-o",
+            str(tmp / f"b{hz}.pb.gz"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_line(proc, "sampling at")
     c0, t0 = cpu_ns(proc.pid), time.monotonic()
     time.sleep(seconds)
@@ -76,16 +99,23 @@ def kiln_cpu(hz: int, seconds: float, tmp: Path) -> dict[str, float]:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     data = json.loads(stats.read_text())
-    return {"cpu_pct": 100 * (c1 - c0) / 1e9 / (t1 - t0), "lost": data["lost"],
-            "samples": data["samples"]}
+    return {
+        "cpu_pct": 100 * (c1 - c0) / 1e9 / (t1 - t0),
+        "lost": data["lost"],
+        "samples": data["samples"],
+    }
 
 
 def bcc_profile_cpu(hz: int, seconds: float) -> float | None:
     tool = shutil.which("profile-bpfcc")
     if tool is None:
         return None
-    proc = subprocess.Popen([tool, "-F", str(hz), str(int(seconds + 5))], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [tool, "-F", str(hz), str(int(seconds + 5))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     wait_line(proc, "Sampling at", "stdout")
     c0, t0 = cpu_ns(proc.pid), time.monotonic()
     time.sleep(seconds)
@@ -106,8 +136,11 @@ def slowdown(fixedwork: Path, tmp: Path, blocks: int = 3, runs: int = 4) -> dict
     with_agent: list[int] = []
     for _ in range(blocks):
         without += [fixed_work_ns(fixedwork) for _ in range(runs)]
-        proc = subprocess.Popen([*KILN, "record", "-F", "99", "-d", "600", "-o",
-                                 str(tmp / "slow.pb.gz")], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*KILN, "record", "-F", "99", "-d", "600", "-o", str(tmp / "slow.pb.gz")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_line(proc, "sampling at")
         with_agent += [fixed_work_ns(fixedwork) for _ in range(runs)]
         proc.send_signal(signal.SIGINT)
@@ -143,29 +176,53 @@ def main() -> int:
             k19 = kiln_cpu(19, args.seconds, tmp)
             k99 = kiln_cpu(99, args.seconds, tmp)
             bcc99 = bcc_profile_cpu(99, args.seconds)
-        how = (f"both CPUs busy with fixed work; CPU time of every kiln thread from "
-               f"/proc/PID/task/*/schedstat over {args.seconds:g} s of sampling "
-               "(after the BPF compile), 10 s windows drained and symbolized inside it")
+        how = (
+            f"both CPUs busy with fixed work; CPU time of every kiln thread from "
+            f"/proc/PID/task/*/schedstat over {args.seconds:g} s of sampling "
+            "(after the BPF compile), 10 s windows drained and symbolized inside it"
+        )
         rows.append(("agent CPU at 19 Hz", "-", f"{k19['cpu_pct']:.3f}% of one core", how))
-        rows.append(("agent CPU at 99 Hz", "≤ 0.5% of one core", f"{k99['cpu_pct']:.3f}% of one core",
-                     how))
+        rows.append(
+            ("agent CPU at 99 Hz", "≤ 0.5% of one core", f"{k99['cpu_pct']:.3f}% of one core", how)
+        )
         if bcc99 is not None:
-            rows.append(("BCC `profile` CPU at 99 Hz (reference)", "-", f"{bcc99:.3f}% of one core",
-                         "same load and method; it only reads its maps at exit"))
-        rows.append(("samples lost at 99 Hz", "0",
-                     f"{k99['lost']} of {k99['samples']}",
-                     "sum of the BPF loss counters (stack/counts map full, ring buffer full, "
-                     "stack read errors) over the 99 Hz run"))
+            rows.append(
+                (
+                    "BCC `profile` CPU at 99 Hz (reference)",
+                    "-",
+                    f"{bcc99:.3f}% of one core",
+                    "same load and method; it only reads its maps at exit",
+                )
+            )
+        rows.append(
+            (
+                "samples lost at 99 Hz",
+                "0",
+                f"{k99['lost']} of {k99['samples']}",
+                "sum of the BPF loss counters (stack/counts map full, ring buffer full, "
+                "stack read errors) over the 99 Hz run",
+            )
+        )
         sd = slowdown(fixedwork, tmp)
-        rows.append(("slowdown of fixed CPU work with kiln at 99 Hz", "≤ 1%",
-                     f"{sd['slowdown_pct']:+.2f}% ({sd['without_ms']:.0f} → {sd['with_ms']:.0f} ms)",
-                     "median of 12 runs with vs 12 without, in alternating blocks of 4"))
+        rows.append(
+            (
+                "slowdown of fixed CPU work with kiln at 99 Hz",
+                "≤ 1%",
+                f"{sd['slowdown_pct']:+.2f}% ({sd['without_ms']:.0f} → {sd['with_ms']:.0f} ms)",
+                "median of 12 runs with vs 12 without, in alternating blocks of 4",
+            )
+        )
     from tools.bench_symbolize import bench as bench_symbolize
 
     sym = bench_symbolize()
-    rows.append(("batch symbolization", "≥ 5 M addresses/s",
-                 f"{sym['batch_per_s'] / 1e6:.1f} M/s (naive: {sym['naive_per_s'] / 1e6:.2f} M/s)",
-                 sym.get("how", "numpy searchsorted over a 50k-symbol table vs a per-address bisect")))
+    rows.append(
+        (
+            "batch symbolization",
+            "≥ 5 M addresses/s",
+            f"{sym['batch_per_s'] / 1e6:.1f} M/s (naive: {sym['naive_per_s'] / 1e6:.2f} M/s)",
+            sym.get("how", "numpy searchsorted over a 50k-symbol table vs a per-address bisect"),
+        )
+    )
     text = render(rows)
     Path(args.output).write_text(text)
     print(text)

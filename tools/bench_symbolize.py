@@ -15,10 +15,23 @@ import argparse
 import bisect
 import json
 import time
+from typing import TypedDict
 
 import numpy as np
 
 from symbolizer.symtab import SymbolTable
+
+
+class BenchResult(TypedDict):
+    symbols: int
+    addresses: int
+    build_s: float
+    batch_per_s: float
+    naive_per_s: float
+    searchsorted_per_s: float
+    speedup: float
+    hit_rate: float
+    how: str
 
 
 def _naive(starts: list[int], ends: list[int], addrs: list[int]) -> list[int]:
@@ -35,7 +48,7 @@ def bench(
     naive_addresses: int = 100_000,
     repeat: int = 3,
     seed: int = 1,
-) -> dict[str, float | int | str]:
+) -> BenchResult:
     """Measure; returns addresses/s for both ways (best of `repeat`)."""
     rng = np.random.default_rng(seed)
     gaps = rng.integers(16, 600, symbols).astype(np.uint64)  # typical function sizes

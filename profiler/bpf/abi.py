@@ -9,6 +9,9 @@ from __future__ import annotations
 import ctypes
 import enum
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 HEADER = BPF_DIR / "kiln.h"
@@ -37,7 +40,7 @@ COUNTER_MAX = 9
 LOSS_REMEDIES: dict[Counter, str] = {
     Counter.KSTACK_ERR: "kernel stacks unreadable; check kernel.perf_event_max_stack",
     Counter.USTACK_ERR: "user stacks unreadable",
-    Counter.STACK_FULL: "raise --stack-entries (stack map full or hash collision)",
+    Counter.STACK_FULL: "raise --stack-entries (stack map full)",
     Counter.COUNTS_FULL: "raise --count-entries or shorten the window",
     Counter.EVENTS_LOST: "raise --ringbuf-pages",
 }
@@ -66,12 +69,23 @@ class SampleKey(ctypes.Structure):
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
-        ("kstack_id", ctypes.c_int32),
-        ("ustack_id", ctypes.c_int32),
         ("_pad", ctypes.c_uint32),
+        ("kstack", ctypes.c_uint64),
+        ("ustack", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
         ("leaf_caller", ctypes.c_uint64),
         ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+STACK_TRUNCATED = 0x1
+
+
+class Stack(ctypes.Structure):
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("ips", ctypes.c_uint64 * MAX_STACK_DEPTH),
     ]
 
 
@@ -98,5 +112,39 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "kiln_comm": Comm,
     "kiln_sample_key": SampleKey,
     "kiln_sample_value": SampleValue,
+    "kiln_stack": Stack,
     "kiln_event": Event,
 }
+
+
+_NP_SCALARS = {
+    ctypes.c_uint32: "<u4",
+    ctypes.c_int32: "<i4",
+    ctypes.c_uint64: "<u8",
+}
+
+
+def numpy_dtype(struct: type[ctypes.Structure]) -> np.dtype[np.void]:
+    """A numpy record dtype with the mirror's exact offsets, for batch decoding."""
+    names, formats, offsets = [], [], []
+    for name, ctype, *_ in struct._fields_:
+        if name.startswith("_"):
+            continue
+        if ctype in _NP_SCALARS:
+            fmt = _NP_SCALARS[ctype]
+        elif issubclass(ctype, ctypes.Array):
+            item: Any = ctype._type_
+            if item is ctypes.c_char:
+                fmt = f"S{ctypes.sizeof(ctype)}"
+            elif item in _NP_SCALARS:
+                fmt = f"({ctype._length_},){_NP_SCALARS[item]}"
+            else:
+                raise TypeError(f"no numpy type for {struct.__name__}.{name}")
+        else:
+            raise TypeError(f"no numpy type for {struct.__name__}.{name}")
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(getattr(struct, name).offset)
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": ctypes.sizeof(struct)}
+    )

@@ -25,27 +25,17 @@ log = logging.getLogger("kiln.bpf")
 
 PROGRAM = abi.BPF_DIR / "cpu_sample.bpf.c"
 
-KEY_DTYPE = np.dtype(
-    {
-        "names": ["pid", "tid", "cpu", "kstack_id", "ustack_id", "cgroup_id", "leaf_caller", "comm"],
-        "formats": ["<u4", "<u4", "<u4", "<i4", "<i4", "<u8", "<u8", "S16"],
-        "offsets": [0, 4, 8, 12, 16, 24, 32, 40],
-        "itemsize": ctypes.sizeof(abi.SampleKey),
-    }
-)
-VALUE_DTYPE = np.dtype(
-    {
-        "names": ["count", "first_ns", "last_ns"],
-        "formats": ["<u8", "<u8", "<u8"],
-        "offsets": [0, 8, 16],
-        "itemsize": ctypes.sizeof(abi.SampleValue),
-    }
-)
+KEY_DTYPE = abi.numpy_dtype(abi.SampleKey)
+VALUE_DTYPE = abi.numpy_dtype(abi.SampleValue)
+STACK_DTYPE = abi.numpy_dtype(abi.Stack)
+
+# A drained stack: frames leaf first, and whether the walk was cut short.
+StackRecord = tuple[tuple[int, ...], bool]
 
 
 @dataclass(frozen=True)
 class MapSizes:
-    stack_entries: int = 8192
+    stack_entries: int = 16384
     count_entries: int = 16384
     ringbuf_pages: int = 64
 
@@ -69,10 +59,10 @@ class SamplerBackend(Protocol):
     def set_pid_filter(self, pids: Iterable[int]) -> None: ...
     def set_comm_filter(self, comms: Iterable[str]) -> None: ...
     def drain_counts(self, half: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def stack(self, half: int, stack_id: int) -> tuple[int, ...]: ...
-    def clear_stacks(self, half: int) -> None: ...
+    def drain_stacks(self, half: int) -> dict[int, StackRecord]: ...
     def counters(self) -> dict[abi.Counter, int]: ...
     def poll_events(self, timeout_ms: int) -> None: ...
+    def set_event_handler(self, handler: EventHandler | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -100,7 +90,7 @@ def _import_bcc() -> Any:
 class BccBackend:
     """SamplerBackend over a BCC-loaded cpu_sample program."""
 
-    def __init__(self, sizes: MapSizes | None = None, on_event: EventHandler | None = None) -> None:
+    def __init__(self, sizes: MapSizes | None = None) -> None:
         if os.geteuid() != 0:
             raise NotRootError(
                 "Kiln must run as root to load BPF programs and open perf events",
@@ -122,8 +112,8 @@ class BccBackend:
                 "run `kiln doctor`; it checks the BPF syscall, BTF, headers and limits",
             ) from e
         self._attached_hz = 0
-        self._on_event = on_event
-        self._bpf["events"].open_ring_buffer(self._ringbuf_callback)
+        self._on_event: EventHandler | None = None
+        self._bpf[b"events"].open_ring_buffer(self._ringbuf_callback)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -160,17 +150,17 @@ class BccBackend:
     # -- configuration -----------------------------------------------------
 
     def set_config(self, active: int, flags: abi.Flag) -> None:
-        table = self._bpf["config"]
+        table = self._bpf[b"config"]
         table[ctypes.c_int(0)] = abi.Config(active=active, flags=int(flags))
 
     def set_pid_filter(self, pids: Iterable[int]) -> None:
-        table = self._bpf["pid_filter"]
+        table = self._bpf[b"pid_filter"]
         table.clear()
         for pid in pids:
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
     def set_comm_filter(self, comms: Iterable[str]) -> None:
-        table = self._bpf["comm_filter"]
+        table = self._bpf[b"comm_filter"]
         table.clear()
         for comm in comms:
             key = table.Key()
@@ -182,7 +172,7 @@ class BccBackend:
 
     def drain_counts(self, half: int) -> tuple[np.ndarray, np.ndarray]:
         """All (key, value) rows of one half as numpy records; the half is emptied."""
-        table = self._bpf[f"counts{half}"]
+        table = self._bpf[f"counts{half}".encode()]
         keys = bytearray()
         values = bytearray()
         for k, v in table.items_lookup_and_delete_batch():
@@ -190,20 +180,23 @@ class BccBackend:
             values += bytes(v)
         return np.frombuffer(bytes(keys), KEY_DTYPE), np.frombuffer(bytes(values), VALUE_DTYPE)
 
-    def stack(self, half: int, stack_id: int) -> tuple[int, ...]:
-        try:
-            trace = self._bpf[f"stacks{half}"][ctypes.c_int(stack_id)]
-        except KeyError:
-            return ()
-        ips = np.ctypeslib.as_array(trace.ip)
-        n = int(np.argmax(ips == 0)) if (ips == 0).any() else len(ips)
-        return tuple(int(x) for x in ips[:n])
-
-    def clear_stacks(self, half: int) -> None:
-        self._bpf[f"stacks{half}"].clear()
+    def drain_stacks(self, half: int) -> dict[int, StackRecord]:
+        """Every stack of one half by hash; the half is emptied."""
+        table = self._bpf[f"stacks{half}".encode()]
+        hashes: list[int] = []
+        raw = bytearray()
+        for k, v in table.items_lookup_and_delete_batch():
+            hashes.append(k if isinstance(k, int) else int(k.value))
+            raw += bytes(v)
+        rows = np.frombuffer(bytes(raw), STACK_DTYPE)
+        out: dict[int, StackRecord] = {}
+        for h, row in zip(hashes, rows, strict=True):
+            n = min(int(row["len"]), abi.MAX_STACK_DEPTH)
+            out[h] = (tuple(row["ips"][:n].tolist()), bool(row["flags"] & abi.STACK_TRUNCATED))
+        return out
 
     def counters(self) -> dict[abi.Counter, int]:
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         out = {}
         for c in abi.Counter:
             out[c] = int(sum(table[ctypes.c_int(int(c))]))
@@ -211,6 +204,9 @@ class BccBackend:
 
     def poll_events(self, timeout_ms: int) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
+
+    def set_event_handler(self, handler: EventHandler | None) -> None:
+        self._on_event = handler
 
     def _ringbuf_callback(self, _ctx: Any, data: Any, size: int) -> int:
         if size < ctypes.sizeof(abi.Event) or self._on_event is None:
@@ -223,5 +219,5 @@ class BccBackend:
 
     def bcc_struct(self, table: str, part: str) -> type[ctypes.Structure]:
         """The ctypes type BCC derived from the C for a map's Key or Leaf."""
-        t: type[ctypes.Structure] = getattr(self._bpf[table], part)
+        t: type[ctypes.Structure] = getattr(self._bpf[table.encode()], part)
         return t

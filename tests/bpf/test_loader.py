@@ -22,14 +22,18 @@ def backend() -> BccBackend:
     be.close()
 
 
-@pytest.mark.parametrize(("table", "part", "mirror"), [
-    ("counts0", "Key", abi.SampleKey),
-    ("counts0", "Leaf", abi.SampleValue),
-    ("config", "Leaf", abi.Config),
-    ("comm_filter", "Key", abi.Comm),
-])
-def test_bcc_types_match_the_mirror(backend: BccBackend, table: str, part: str,
-                                    mirror: type[ctypes.Structure]) -> None:
+@pytest.mark.parametrize(
+    ("table", "part", "mirror"),
+    [
+        ("counts0", "Key", abi.SampleKey),
+        ("counts0", "Leaf", abi.SampleValue),
+        ("config", "Leaf", abi.Config),
+        ("comm_filter", "Key", abi.Comm),
+    ],
+)
+def test_bcc_types_match_the_mirror(
+    backend: BccBackend, table: str, part: str, mirror: type[ctypes.Structure]
+) -> None:
     bcc_type = backend.bcc_struct(table, part)
     assert ctypes.sizeof(bcc_type) == ctypes.sizeof(mirror)
     for name, *_ in mirror._fields_:
@@ -42,8 +46,11 @@ def test_pid_filter_counts_and_windows(backend: BccBackend) -> None:
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         events: list[abi.Event] = []
-        sampler = Sampler(backend, SamplerOptions(frequency_hz=199, pids=(spin.pid,)),
-                          observe=lambda pid: events.append(pid))
+        sampler = Sampler(
+            backend,
+            SamplerOptions(frequency_hz=199, pids=(spin.pid,)),
+            observe=lambda pid: events.append(pid),
+        )
         sampler.start()
         before = backend.counters()
         deadline = time.monotonic() + 1.5
@@ -75,8 +82,9 @@ def test_pid_filter_counts_and_windows(backend: BccBackend) -> None:
 
 
 def test_doctor_passes_here() -> None:
-    res = subprocess.run([sys.executable, "-m", "profiler.cli", "doctor"], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "profiler.cli", "doctor"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout
     assert "[FAIL]" not in res.stdout
     assert "bpf syscall: available" in res.stdout

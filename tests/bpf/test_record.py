@@ -48,14 +48,19 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
     raise AssertionError(f"never saw {marker!r}; stderr so far:\n{''.join(seen)}")
 
 
-def record_burner(burner: Path, out: Path, *extra: str, seconds: float = 6.0,
-                  stop_signal: int = signal.SIGINT) -> Recording:
-    work = subprocess.Popen([str(burner), str(seconds)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+def record_burner(
+    burner: Path, out: Path, *extra: str, seconds: float = 6.0, stop_signal: int = signal.SIGINT
+) -> Recording:
+    work = subprocess.Popen(
+        [str(burner), str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert work.stdout is not None and work.stdin is not None
     pid = int(work.stdout.readline())
-    kiln = subprocess.Popen([*KILN, "record", "-d", "120", "-p", str(pid), *extra, "-o", str(out)],
-                            stderr=subprocess.PIPE, text=True)
+    kiln = subprocess.Popen(
+        [*KILN, "record", "-d", "120", "-p", str(pid), *extra, "-o", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         head = _wait_for(kiln, "sampling at", 60)
         work.stdin.write("go\n")
@@ -77,8 +82,9 @@ def record_burner(burner: Path, out: Path, *extra: str, seconds: float = 6.0,
 
 @pytest.fixture(scope="module")
 def burner(fixture_build_dir: Path) -> Path:
-    return build_c(fixture_build_dir, "burner.c", "burner", "-O2", "-fno-omit-frame-pointer",
-                   "-pthread")
+    return build_c(
+        fixture_build_dir, "burner.c", "burner", "-O2", "-fno-omit-frame-pointer", "-pthread"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +106,10 @@ def _stacks(msg: profile_pb2.Profile) -> Iterator[tuple[list[str], int, dict[str
 def test_record_exits_cleanly_and_writes_valid_pprof(recording: Recording) -> None:
     assert recording.returncode == 0, recording.stderr
     assert pprof.validate(recording.message) == []
-    types = [(recording.message.string_table[t.type], recording.message.string_table[t.unit])
-             for t in recording.message.sample_type]
+    types = [
+        (recording.message.string_table[t.type], recording.message.string_table[t.unit])
+        for t in recording.message.sample_type
+    ]
     assert types == [("samples", "count"), ("cpu", "nanoseconds")]
     assert recording.message.period == int(1e9 / 299)
     assert recording.message.duration_nanos > 0
@@ -139,7 +147,8 @@ def test_stacks_are_complete_to_thread_start(recording: Recording) -> None:
                 complete[chain] += n
     for chain in CHAINS:
         assert complete[chain] / seen[chain] >= 0.97, (
-            f"{chain}: only {complete[chain]}/{seen[chain]} stacks reach the thread start")
+            f"{chain}: only {complete[chain]}/{seen[chain]} stacks reach the thread start"
+        )
 
 
 def test_labels_name_process_and_threads(recording: Recording) -> None:
@@ -157,15 +166,17 @@ def test_labels_name_process_and_threads(recording: Recording) -> None:
 
 
 def _kiln_programs_loaded() -> list[str]:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["bpftool", "prog", "show"], capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in out.splitlines() if "on_cpu_sample" in line]
 
 
 def test_sigterm_leaves_nothing_attached(burner: Path, tmp_path: Path) -> None:
     assert _kiln_programs_loaded() == []
-    rec = record_burner(burner, tmp_path / "t.pb.gz", "--no-kernel", seconds=1.0,
-                        stop_signal=signal.SIGTERM)
+    rec = record_burner(
+        burner, tmp_path / "t.pb.gz", "--no-kernel", seconds=1.0, stop_signal=signal.SIGTERM
+    )
     assert rec.returncode == 0, rec.stderr
     assert _kiln_programs_loaded() == []
     # --no-kernel: no kernel frames at all
@@ -175,14 +186,19 @@ def test_sigterm_leaves_nothing_attached(burner: Path, tmp_path: Path) -> None:
 
 def test_comm_filter_and_idle_exclusion(burner: Path, tmp_path: Path) -> None:
     out = tmp_path / "comm.pb.gz"
-    work = subprocess.Popen([str(burner), "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    work = subprocess.Popen(
+        [str(burner), "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert work.stdin is not None
     try:
         work.stdin.write("go\n")
         work.stdin.flush()
-        rc = subprocess.run([*KILN, "record", "-F", "49", "-d", "2", "--comm", "burner",
-                             "-o", str(out)], capture_output=True, text=True, timeout=120)
+        rc = subprocess.run(
+            [*KILN, "record", "-F", "49", "-d", "2", "--comm", "burner", "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         work.kill()
         work.communicate()
@@ -196,9 +212,24 @@ def test_comm_filter_and_idle_exclusion(burner: Path, tmp_path: Path) -> None:
 
 
 def test_not_root_is_a_clear_error() -> None:
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          *KILN, "record", "-d", "1", "-o", "/tmp/never.pb.gz"],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/"})
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *KILN,
+            "record",
+            "-d",
+            "1",
+            "-o",
+            "/tmp/never.pb.gz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": "/"},
+    )
     assert res.returncode == 2
     assert "must run as root" in res.stderr
     assert "Traceback" not in res.stderr

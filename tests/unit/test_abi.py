@@ -10,7 +10,7 @@ from profiler.bpf import abi
 
 
 def _c_layout(tmp_path: Path) -> dict[str, int]:
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "kiln.h"', "int main(void) {"]
+    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "kiln.h"', "int main(void) {"]
     for cname, mirror in abi.MIRRORS.items():
         lines.append(f'printf("{cname} %zu\\n", sizeof(struct {cname}));')
         for fname, *_ in mirror._fields_:
@@ -22,12 +22,15 @@ def _c_layout(tmp_path: Path) -> dict[str, int]:
     lines.append('printf("KILN_CTR_MAX %d\\n", (int)KILN_CTR_MAX);')
     lines.append('printf("KILN_COMM_LEN %d\\n", KILN_COMM_LEN);')
     lines.append('printf("KILN_EV_NEW_KEY %u\\n", KILN_EV_NEW_KEY);')
+    lines.append('printf("KILN_MAX_STACK_DEPTH %d\\n", KILN_MAX_STACK_DEPTH);')
+    lines.append('printf("KILN_STACK_TRUNCATED %u\\n", KILN_STACK_TRUNCATED);')
     lines.append("return 0; }")
     src = tmp_path / "layout.c"
     src.write_text("\n".join(lines))
     exe = tmp_path / "layout"
-    subprocess.run(["gcc", "-D__KILN_USERSPACE__", f"-I{abi.BPF_DIR}", str(src), "-o", str(exe)],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-D__KILN_USERSPACE__", f"-I{abi.BPF_DIR}", str(src), "-o", str(exe)], check=True
+    )
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
@@ -49,6 +52,8 @@ def test_constants_match_header(tmp_path: Path) -> None:
     assert c["KILN_CTR_MAX"] == abi.COUNTER_MAX == len(abi.Counter)
     assert c["KILN_COMM_LEN"] == abi.COMM_LEN
     assert c["KILN_EV_NEW_KEY"] == abi.EV_NEW_KEY
+    assert c["KILN_MAX_STACK_DEPTH"] == abi.MAX_STACK_DEPTH
+    assert c["KILN_STACK_TRUNCATED"] == abi.STACK_TRUNCATED
 
 
 def test_numpy_dtypes_follow_the_mirror() -> None:

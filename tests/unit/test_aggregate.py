@@ -45,6 +45,6 @@ def test_build_profile_merges_kernel_then_user_leaf_first() -> None:
 def test_labels_come_from_the_row() -> None:
     rows = [RawSample(7, 8, 1, "comm", 0, kernel=(), user=(0x1,), count=1)]
     p = build_profile(rows, resolve_user=_user, resolve_kernel=_kernel, period_ns=10)
-    (_, labels, n), = list(p.samples())
+    ((_, labels, n),) = list(p.samples())
     assert dict(labels) == {"pid": "7", "tid": "8", "comm": "comm", "cpu": "1"}
     assert n == 1

@@ -11,7 +11,7 @@ from profiler.preflight import effective_caps
 def test_output_format_from_suffix() -> None:
     assert cli.output_format("x.pb.gz") == "pprof"
     assert cli.output_format("dir/x.folded") == "folded"
-    with pytest.raises(UsageError, match="pb.gz"):
+    with pytest.raises(UsageError, match=r"pb\.gz"):
         cli.output_format("x.txt")
 
 

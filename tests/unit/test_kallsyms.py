@@ -132,7 +132,11 @@ def test_symbolizer_frames(tmp_path: Path) -> None:
     assert frames[2].system_name == "_RNvCs1234_6kernel4init"
     m0, m1 = frames[0].mapping, frames[1].mapping
     assert m0 is not None and m1 is not None
-    assert (m0.filename, m0.build_id, m0.kind) == (KERNEL_MAPPING_NAME, "abcd" * 10, FrameKind.KERNEL)
+    assert (m0.filename, m0.build_id, m0.kind) == (
+        KERNEL_MAPPING_NAME,
+        "abcd" * 10,
+        FrameKind.KERNEL,
+    )
     assert (m1.filename, m1.build_id) == ("[ext4]", "ef01" * 10)
     assert m1.start <= addrs[1] < m1.limit
     assert ks.counters["kernel_symbolized"] == 3

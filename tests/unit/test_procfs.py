@@ -158,8 +158,7 @@ def test_parse_stat_malformed_raises_value_error(text: str) -> None:
         (f"0::/system.slice/docker-{ID}.scope\n", ID),
         # docker, cgroupfs driver, cgroup v1 (hybrid: the v2 line says nothing)
         (
-            f"12:pids:/docker/{ID}\n4:memory:/docker/{ID}\n"
-            f"1:name=systemd:/docker/{ID}\n0::/\n",
+            f"12:pids:/docker/{ID}\n4:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n",
             ID,
         ),
         # Kubernetes + containerd, systemd driver, v2
@@ -186,8 +185,7 @@ def test_parse_stat_malformed_raises_value_error(text: str) -> None:
         # podman rootful (with its init sub-cgroup) and rootless
         (f"0::/machine.slice/libpod-{ID}.scope/container\n", ID),
         (
-            "0::/user.slice/user-1000.slice/user@1000.service/user.slice/"
-            f"libpod-{ID}.scope\n",
+            f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n",
             ID,
         ),
         # nested (kind node in docker): the innermost container wins

@@ -42,12 +42,10 @@ class FakeBackend:
         values = np.array([v for _, v in rows], dtype=VALUE_DTYPE)
         return keys, values
 
-    def stack(self, half: int, stack_id: int) -> tuple[int, ...]:
-        return self.stacks[half].get(stack_id, ())
-
-    def clear_stacks(self, half: int) -> None:
+    def drain_stacks(self, half: int) -> dict[int, tuple[tuple[int, ...], bool]]:
         self.cleared.append(half)
-        self.stacks[half] = {}
+        out, self.stacks[half] = self.stacks[half], {}
+        return {h: (ips, len(ips) >= 127) for h, ips in out.items()}
 
     def counters(self) -> dict[abi.Counter, int]:
         return {c: 0 for c in abi.Counter}
@@ -55,12 +53,15 @@ class FakeBackend:
     def poll_events(self, timeout_ms: int) -> None:
         pass
 
+    def set_event_handler(self, handler: object) -> None:
+        self.handler = handler
+
     def close(self) -> None:
         pass
 
 
-def key(pid: int, kid: int, uid: int, leaf_caller: int = 0) -> tuple[object, ...]:
-    return (pid, pid, 0, kid, uid, 1, leaf_caller, b"comm")
+def key(pid: int, kstack: int, ustack: int, leaf_caller: int = 0) -> tuple[object, ...]:
+    return (pid, pid, 0, kstack, ustack, 1, leaf_caller, b"comm")
 
 
 def test_close_window_flips_halves_and_reads_the_old_one() -> None:
@@ -76,7 +77,7 @@ def test_close_window_flips_halves_and_reads_the_old_one() -> None:
     assert be.cleared == [0]
     (row,) = w.samples
     assert (row.pid, row.count, row.kernel, row.user) == (5, 4, (0xFFFF0001,), (0x1000, 0x2000))
-    be.rows[1] = [(key(5, -14, 3), (1, 30, 30))]
+    be.rows[1] = [(key(5, 0, 3), (1, 30, 30))]
     be.stacks[1] = {3: (0x1000,)}
     w2 = s.close_window()
     assert be.config[-1][0] == 0 and be.cleared == [0, 1]
@@ -87,7 +88,7 @@ def test_idle_rows_are_dropped_unless_asked_for() -> None:
     be = FakeBackend()
     s = Sampler(be, SamplerOptions(), sleep=lambda _: None)
     s.start()
-    be.rows[0] = [(key(0, 1, -14), (9, 0, 0)), (key(3, -14, 2), (1, 0, 0))]
+    be.rows[0] = [(key(0, 1, 0), (9, 0, 0)), (key(3, 0, 2), (1, 0, 0))]
     be.stacks[0] = {1: (0xFFFF0001,), 2: (0x1000,)}
     assert [r.pid for r in s.close_window().samples] == [3]
 
@@ -97,8 +98,10 @@ def test_leaf_caller_is_inserted_only_when_it_points_at_code() -> None:
     maps = [MapEntry(0x1000, 0x3000, "r-xp", 0, 8, 1, 42, "/bin/x")]
     s = Sampler(be, SamplerOptions(), maps_of=lambda pid: maps, sleep=lambda _: None)
     s.start()
-    be.rows[0] = [(key(3, -14, 2, leaf_caller=0x1500), (1, 0, 0)),
-                  (key(3, -14, 4, leaf_caller=0x9999), (1, 0, 0))]
+    be.rows[0] = [
+        (key(3, 0, 2, leaf_caller=0x1500), (1, 0, 0)),
+        (key(3, 0, 4, leaf_caller=0x9999), (1, 0, 0)),
+    ]
     be.stacks[0] = {2: (0x1000, 0x2000), 4: (0x1010, 0x2000)}
     rows = {r.user[0]: r.user for r in s.close_window().samples}
     assert rows[0x1000] == (0x1000, 0x1500, 0x2000)
@@ -121,3 +124,13 @@ def test_events_observe_new_processes_and_never_raise() -> None:
         s.handle_event(ev)
     assert seen == [7]
     assert s.counters["events"] == 3 and s.counters["event_errors"] == 1
+
+
+def test_deep_stacks_are_marked_truncated() -> None:
+    be = FakeBackend()
+    s = Sampler(be, SamplerOptions(), sleep=lambda _: None)
+    s.start()
+    be.rows[0] = [(key(3, 0, 2), (1, 0, 0))]
+    be.stacks[0] = {2: tuple(range(0x1000, 0x1000 + 127))}
+    (row,) = s.close_window().samples
+    assert row.truncated and len(row.user) == 127

@@ -14,7 +14,10 @@ from symbolizer.symtab import U64_MAX, SymbolTable
 
 def _table(*rows: tuple[int, int, str], **kw: object) -> SymbolTable:
     return SymbolTable.build(
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], **kw  # type: ignore[arg-type]
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -104,7 +107,11 @@ _cluster = st.integers(0, 1 << 44).flatmap(
 
 @settings(max_examples=200, database=None)
 @given(
-    st.one_of(st.lists(_symbol, max_size=300), _cluster, st.lists(_cluster, max_size=4).map(lambda cs: [s for c in cs for s in c])),
+    st.one_of(
+        st.lists(_symbol, max_size=300),
+        _cluster,
+        st.lists(_cluster, max_size=4).map(lambda cs: [s for c in cs for s in c]),
+    ),
     st.lists(st.integers(0, 1 << 45), max_size=200),
     st.data(),
 )
