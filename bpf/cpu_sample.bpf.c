@@ -17,7 +17,7 @@
 #include "kiln.h"
 
 #ifndef KILN_STACK_ENTRIES
-#define KILN_STACK_ENTRIES 16384
+#define KILN_STACK_ENTRIES 8192
 #endif
 #ifndef KILN_COUNT_ENTRIES
 #define KILN_COUNT_ENTRIES 16384
@@ -39,9 +39,9 @@ BPF_HASH(pid_filter, u32, u8, KILN_PID_FILTER_ENTRIES);
 BPF_HASH(comm_filter, struct kiln_comm, u8, 64);
 BPF_HASH(counts0, struct kiln_sample_key, struct kiln_sample_value, KILN_COUNT_ENTRIES);
 BPF_HASH(counts1, struct kiln_sample_key, struct kiln_sample_value, KILN_COUNT_ENTRIES);
-/* Not preallocated: memory follows the stacks actually seen. */
-BPF_F_TABLE("hash", u64, struct kiln_stack, stacks0, KILN_STACK_ENTRIES, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", u64, struct kiln_stack, stacks1, KILN_STACK_ENTRIES, BPF_F_NO_PREALLOC);
+/* Preallocated: an on-demand allocation can fail in the timer interrupt. */
+BPF_HASH(stacks0, u64, struct kiln_stack, KILN_STACK_ENTRIES);
+BPF_HASH(stacks1, u64, struct kiln_stack, KILN_STACK_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, KILN_RINGBUF_PAGES);
 
 static __always_inline void count(u32 idx)

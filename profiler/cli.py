@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-kernel", action="store_true", help="leave out kernel stacks")
     r.add_argument("--include-idle", action="store_true", help="keep the idle task (pid 0)")
     r.add_argument("--window", type=float, default=10.0, help="seconds between map drains")
-    r.add_argument("--stack-entries", type=int, default=8192, help="BPF stack map size")
+    r.add_argument("--stack-entries", type=int, default=8192, help="distinct stacks per window")
     r.add_argument("--count-entries", type=int, default=16384, help="BPF counts map size")
     r.add_argument("--ringbuf-pages", type=int, default=64, help="BPF ring buffer pages")
     r.add_argument("--stats", metavar="FILE", help="also write counters and totals as JSON")

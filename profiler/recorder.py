@@ -22,7 +22,7 @@ from profiler.sampler import Sampler, SamplerOptions, Window
 from symbolizer.aggregate import RawSample, build_profile
 from symbolizer.kallsyms import KernelSymbolizer
 from symbolizer.native import NativeSymbolizer
-from symbolizer.profile import Frame, Profile
+from symbolizer.profile import Frame, FrameKind, Profile
 
 log = logging.getLogger("kiln.recorder")
 
@@ -64,6 +64,14 @@ class Recorder:
     # -- symbolization callbacks ------------------------------------------
 
     def _resolve_user(self, pid: int, addrs: np.ndarray) -> Sequence[Frame]:
+        try:
+            return self._resolve_user_unsafe(pid, addrs)
+        except Exception:  # a bug or odd input must cost names, never samples
+            log.exception("symbolizing %d addresses of pid %d failed", len(addrs), pid)
+            self._count("symbolize_errors")
+            return [Frame(f"[unknown]+0x{int(a):x}", int(a)) for a in addrs]
+
+    def _resolve_user_unsafe(self, pid: int, addrs: np.ndarray) -> Sequence[Frame]:
         info = self.processes.get(pid) or self.processes.observe(pid)
         maps = info.maps if info else ()
         if info is not None and maps and not _all_mapped(maps, addrs):
@@ -74,7 +82,17 @@ class Recorder:
         return self.native.symbolize(pid, maps, addrs)
 
     def _resolve_kernel(self, addrs: np.ndarray) -> Sequence[Frame]:
-        return self.kernel.symbolize(addrs)
+        try:
+            return self.kernel.symbolize(addrs)
+        except Exception:
+            log.exception("symbolizing %d kernel addresses failed", len(addrs))
+            self._count("symbolize_errors")
+            return [
+                Frame(f"[kernel.kallsyms]+0x{int(a):x}", int(a), FrameKind.KERNEL) for a in addrs
+            ]
+
+    def _count(self, name: str) -> None:
+        self.stats.counters[name] = self.stats.counters.get(name, 0) + 1
 
     def _labels(self, s: RawSample) -> list[tuple[str, str]]:
         info: ProcessInfo | None = self.processes.get(s.pid)
@@ -105,6 +123,9 @@ class Recorder:
         return profile
 
     def start(self) -> None:
+        # Load kallsyms now, not in the first window: it is the one big
+        # read-once cost, and sampling should not pay for it.
+        _ = self.kernel.symbols
         self.sampler.start()
         log.info("sampling at %d Hz on %d CPUs", self.options.frequency_hz, os.cpu_count() or 0)
 

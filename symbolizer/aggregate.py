@@ -43,8 +43,9 @@ LabelMaker = Callable[[RawSample], Iterable[tuple[str, str]]]
 def lookup_addresses(stack: tuple[int, ...]) -> list[int]:
     """Addresses to symbolize: return addresses (every frame but the leaf)
     step back one byte into the call instruction, so a call that ends a
-    function (e.g. to a noreturn callee) is not attributed to the next one."""
-    return [a if i == 0 else a - 1 for i, a in enumerate(stack)]
+    function (e.g. to a noreturn callee) is not attributed to the next one.
+    A zero (junk from a frame-pointer walk through a frameless caller) stays."""
+    return [a - 1 if i and a else a for i, a in enumerate(stack)]
 
 
 def default_labels(s: RawSample) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ StackRecord = tuple[tuple[int, ...], bool]
 
 @dataclass(frozen=True)
 class MapSizes:
-    stack_entries: int = 16384
+    stack_entries: int = 8192
     count_entries: int = 16384
     ringbuf_pages: int = 64
 

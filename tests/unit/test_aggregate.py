@@ -21,6 +21,7 @@ def _kernel(addrs: np.ndarray) -> list[Frame]:
 def test_return_addresses_step_into_the_call() -> None:
     assert lookup_addresses((0x100, 0x200, 0x300)) == [0x100, 0x1FF, 0x2FF]
     assert lookup_addresses(()) == []
+    assert lookup_addresses((0x100, 0)) == [0x100, 0], "junk zero frames must not wrap"
 
 
 def test_build_profile_merges_kernel_then_user_leaf_first() -> None:
