@@ -1,6 +1,9 @@
 /* cpu_sample: whole-host CPU sampling on the cpu-clock perf event.
  *
- * Minimum kernel: 5.8 (ring buffer, bounded loops, batch map operations).
+ * Minimum kernel: 5.15 (ring buffer, bounded loops, batch map operations,
+ * bpf_task_pt_regs).
+ * User stacks are unwound here from .eh_frame rows that user space loads
+ * (see kiln.h); code without rows is walked by frame pointers.
  * Emits: per-window counts in counts0/counts1 keyed by struct
  * kiln_sample_key; stacks in stacks0/stacks1 keyed by a 64-bit hash of
  * their frames (no bucket collisions, unlike BPF_STACK_TRACE's ids); one
@@ -25,6 +28,15 @@
 #ifndef KILN_RINGBUF_PAGES
 #define KILN_RINGBUF_PAGES 64
 #endif
+#ifndef KILN_UNWIND_ROWS
+#define KILN_UNWIND_ROWS 262144
+#endif
+#ifndef KILN_UNWIND_PAGES
+#define KILN_UNWIND_PAGES 65536
+#endif
+#ifndef KILN_UNWIND_MAPPINGS
+#define KILN_UNWIND_MAPPINGS 65536
+#endif
 #ifndef KILN_PID_FILTER_ENTRIES
 #define KILN_PID_FILTER_ENTRIES 4096
 #endif
@@ -43,6 +55,15 @@ BPF_HASH(counts1, struct kiln_sample_key, struct kiln_sample_value, KILN_COUNT_E
 BPF_HASH(stacks0, u64, struct kiln_stack, KILN_STACK_ENTRIES);
 BPF_HASH(stacks1, u64, struct kiln_stack, KILN_STACK_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, KILN_RINGBUF_PAGES);
+BPF_ARRAY(unwind_rows, struct kiln_unwind_row, KILN_UNWIND_ROWS);
+/* Written only from user space, so allocating on demand is safe here. */
+BPF_F_TABLE("hash", struct kiln_page_key, struct kiln_page_val, unwind_pages, KILN_UNWIND_PAGES,
+	    BPF_F_NO_PREALLOC);
+BPF_LPM_TRIE(unwind_mappings, struct kiln_mapping_key, struct kiln_mapping_val, KILN_UNWIND_MAPPINGS);
+/* Processes user space tracks (has mappings for): a pc outside them all is news. */
+BPF_HASH(tracked, u32, u8, KILN_PID_FILTER_ENTRIES);
+/* At most one UNKNOWN_PC event per process per second. */
+BPF_TABLE("lru_hash", u32, u64, unknown_pc_sent, 4096);
 
 static __always_inline void count(u32 idx)
 {
@@ -85,16 +106,12 @@ static __always_inline int returns_into_call_of(u64 ret, u64 ip)
  * leaf built without a frame: GCC's default -momit-leaf-frame-pointer), rbp
  * still holds the caller's frame and the walk skips the caller. Recover the
  * caller's return address from the stack. */
-static __always_inline u64 leaf_caller(struct bpf_perf_event_data *ctx)
+static __always_inline u64 leaf_caller(u64 ip, u64 sp)
 {
-	u64 ip = ctx->regs.ip;
-	u64 sp = ctx->regs.sp;
 	u64 slot = sp, ret = 0;
 	u8 code[4] = {};
 	u8 prev = 0;
 
-	if ((ctx->regs.cs & 3) != 3)
-		return 0; /* kernel mode: the user registers are not in ctx */
 	if (bpf_probe_read_user(code, sizeof(code), (void *)ip) != 0)
 		return 0;
 	if (code[0] == 0x55 || code[0] == 0xc3) {
@@ -129,20 +146,182 @@ static __always_inline u64 stack_hash(struct kiln_stack *st)
 	return h ? h : 1;
 }
 
-/* Walk one stack into the per-CPU scratch slot; return its hash, 0 if none. */
-static __always_inline u64 walk(struct bpf_perf_event_data *ctx, u32 slot, u64 flags)
+/* The kernel stack into its scratch slot; return its hash, 0 if none. */
+static __always_inline u64 kernel_stack(struct bpf_perf_event_data *ctx)
 {
+	u32 slot = SCRATCH_KERNEL;
 	struct kiln_stack *st = scratch.lookup(&slot);
 	if (!st)
 		return 0;
-	long n = bpf_get_stack(ctx, st->ips, sizeof(st->ips), flags);
+	long n = bpf_get_stack(ctx, st->ips, sizeof(st->ips), 0);
 	if (n <= 0) {
-		if (n != -EFAULT && n != 0) /* EFAULT: no stack of that kind here */
-			count(slot == SCRATCH_USER ? KILN_CTR_USTACK_ERR : KILN_CTR_KSTACK_ERR);
+		if (n != -EFAULT && n != 0) /* EFAULT: no kernel stack here */
+			count(KILN_CTR_KSTACK_ERR);
 		return 0;
 	}
 	st->len = n / sizeof(u64);
-	st->flags = st->len >= KILN_MAX_STACK_DEPTH ? KILN_STACK_TRUNCATED : 0;
+	st->flags = 0;
+	return stack_hash(st);
+}
+
+#define FIND_OK 0
+#define FIND_NO_MAPPING 1 /* pc in no mapping we know of */
+#define FIND_NO_TABLE 2   /* known mapping without rows: frame pointers */
+#define FIND_NO_INFO 3    /* the table has nothing for this pc */
+
+/* The unwind row for pc in process pid: LPM lookup of the mapping, page
+ * lookup of the chunk, then at most KILN_CHUNK_STEPS binary-search steps. */
+static __always_inline int find_row(u32 pid, u64 pc, struct kiln_unwind_row *out)
+{
+	struct kiln_mapping_key mk = {.prefixlen = 96, .pid = pid};
+	u64 be = __builtin_bswap64(pc);
+	__builtin_memcpy(mk.addr, &be, sizeof(be));
+	struct kiln_mapping_val *mv = unwind_mappings.lookup(&mk);
+	if (!mv)
+		return FIND_NO_MAPPING;
+	if (mv->flags & KILN_MAP_NO_TABLE)
+		return FIND_NO_TABLE;
+	u64 vaddr = pc - mv->bias;
+	if ((vaddr >> KILN_PAGE_SHIFT) > 0xffffffffull || (vaddr >> KILN_FINE_SHIFT) > 0xffffffffull)
+		return FIND_NO_INFO; /* a page number must fit the u32 key (user space skips these) */
+	struct kiln_page_key pk = {.file_id = mv->file_id, .page = vaddr >> KILN_PAGE_SHIFT};
+	struct kiln_page_val *pv = unwind_pages.lookup(&pk);
+	if (!pv)
+		return FIND_NO_INFO;
+	if (pv->flags & KILN_PAGE_SPLIT) {
+		pk.file_id |= KILN_FINE_FILE_BIT;
+		pk.page = vaddr >> KILN_FINE_SHIFT;
+		pv = unwind_pages.lookup(&pk);
+		if (!pv)
+			return FIND_NO_INFO;
+	}
+	u32 first = pv->first_row, left = 0, right = pv->count;
+	if (right == 0)
+		return FIND_NO_INFO;
+	for (int i = 0; i < KILN_CHUNK_STEPS; i++) {
+		if (right - left <= 1)
+			break;
+		u32 mid = left + (right - left) / 2;
+		u32 idx = first + mid;
+		struct kiln_unwind_row *r = unwind_rows.lookup(&idx);
+		if (!r)
+			return FIND_NO_INFO;
+		if (r->pc <= vaddr)
+			left = mid;
+		else
+			right = mid;
+	}
+	u32 idx = first + left;
+	struct kiln_unwind_row *r = unwind_rows.lookup(&idx);
+	if (!r)
+		return FIND_NO_INFO;
+	__builtin_memcpy(out, r, sizeof(*out));
+	return FIND_OK;
+}
+
+static __always_inline void unknown_pc(u32 pid, u64 pc, u64 now)
+{
+	u64 *last = unknown_pc_sent.lookup(&pid);
+	if (last && now - *last < 1000000000ull)
+		return;
+	unknown_pc_sent.update(&pid, &now);
+	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
+	if (!ev) {
+		count(KILN_CTR_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = KILN_EV_UNKNOWN_PC;
+	ev->ts_ns = now;
+	ev->pc = pc;
+	ev->key.pid = pid;
+	events.ringbuf_submit(ev, 0);
+}
+
+/* Unwind the user stack from the task's saved user registers into the
+ * scratch slot; return its hash (0: none). Frames with rows are unwound by
+ * their CFA rule, others by frame pointers; a stack that stops before its
+ * outermost frame is flagged truncated. */
+static __always_inline u64 user_stack(u32 pid, u64 *leaf_caller_out)
+{
+	u32 slot = SCRATCH_USER;
+	struct kiln_stack *st = scratch.lookup(&slot);
+	if (!st)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	u64 pc = 0, sp = 0, bp = 0;
+	if (bpf_probe_read_kernel(&pc, sizeof(pc), &regs->ip) != 0 ||
+	    bpf_probe_read_kernel(&sp, sizeof(sp), &regs->sp) != 0 ||
+	    bpf_probe_read_kernel(&bp, sizeof(bp), &regs->bp) != 0) {
+		count(KILN_CTR_USTACK_ERR);
+		return 0;
+	}
+	if (pc == 0)
+		return 0; /* a kernel thread: its saved user registers are zero */
+	int tracked_pid = tracked.lookup(&pid) != 0;
+	int complete = 0;
+	u32 n = 0;
+	struct kiln_unwind_row row = {};
+
+	for (int i = 0; i < KILN_MAX_STACK_DEPTH; i++) {
+		st->ips[i] = pc;
+		n = i + 1;
+		/* return addresses point after the call: look up the call itself */
+		int found = find_row(pid, i == 0 ? pc : pc - 1, &row);
+		u64 cfa, ra = 0;
+		if (found == FIND_OK) {
+			if (row.cfa_type == KILN_CFA_END) {
+				complete = 1;
+				break;
+			}
+			if (row.cfa_type == KILN_CFA_RSP)
+				cfa = sp + (s64)row.cfa_offset;
+			else if (row.cfa_type == KILN_CFA_RBP)
+				cfa = bp + (s64)row.cfa_offset;
+			else if (row.cfa_type == KILN_CFA_PLT)
+				cfa = sp + 8 + ((pc & 15) >= 11 ? 8 : 0);
+			else
+				break; /* NONE: no rule here */
+			if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)) != 0)
+				break;
+			if (row.rbp_type == KILN_RBP_OFFSET) {
+				if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (s64)row.rbp_offset)) != 0)
+					break;
+			} else if (row.rbp_type == KILN_RBP_UNDEF) {
+				bp = 0;
+			}
+			sp = cfa;
+			count(KILN_CTR_FRAMES_TABLE);
+		} else if (found == FIND_NO_INFO) {
+			break; /* a table that does not cover pc: do not guess */
+		} else {
+			if (found == FIND_NO_MAPPING && tracked_pid)
+				unknown_pc(pid, pc, bpf_ktime_get_ns());
+			if (i == 0)
+				*leaf_caller_out = leaf_caller(pc, sp);
+			if (bp == 0) {
+				complete = 1; /* the ABI's outermost frame has rbp = 0 */
+				break;
+			}
+			u64 next_bp = 0;
+			if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(bp + 8)) != 0 ||
+			    bpf_probe_read_user(&next_bp, sizeof(next_bp), (void *)bp) != 0)
+				break;
+			sp = bp + 16;
+			bp = next_bp;
+			count(KILN_CTR_FRAMES_FP);
+		}
+		if (ra == 0) {
+			complete = 1;
+			break;
+		}
+		pc = ra;
+	}
+	st->len = n;
+	st->flags = complete ? 0 : KILN_STACK_TRUNCATED;
+	if (!complete)
+		count(KILN_CTR_TRUNCATED);
 	return stack_hash(st);
 }
 
@@ -216,13 +395,12 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	key.cpu = bpf_get_smp_processor_id();
 	key.cgroup_id = bpf_get_current_cgroup_id();
 	if (pid != 0) {
-		key.leaf_caller = leaf_caller(ctx);
+		key.ustack = user_stack(pid, &key.leaf_caller);
 		if (key.leaf_caller)
 			count(KILN_CTR_LEAF_FIXED);
-		key.ustack = walk(ctx, SCRATCH_USER, BPF_F_USER_STACK);
 	}
 	if (flags & KILN_F_KERNEL_STACKS)
-		key.kstack = walk(ctx, SCRATCH_KERNEL, 0);
+		key.kstack = kernel_stack(ctx);
 
 	struct kiln_stack *ust = scratch.lookup(&user_slot);
 	struct kiln_stack *kst = scratch.lookup(&kernel_slot);
@@ -262,5 +440,42 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 		}
 	}
 	record(&key, half, now, v, inserted);
+	return 0;
+}
+
+/* Process lifecycle, so user space reads a new image's maps right after
+ * exec and keeps an exited process's data for samples taken before exit. */
+static __always_inline void lifecycle_event(u32 type, u32 pid)
+{
+	u32 zero = 0;
+	struct kiln_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return;
+	if ((cfg->flags & KILN_F_FILTER_PIDS) && !pid_filter.lookup(&pid))
+		return;
+	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
+	if (!ev) {
+		count(KILN_CTR_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->key.pid = pid;
+	bpf_get_current_comm(ev->key.comm, sizeof(ev->key.comm));
+	events.ringbuf_submit(ev, 0);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	lifecycle_event(KILN_EV_EXEC, bpf_get_current_pid_tgid() >> 32);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if ((u32)id == id >> 32) /* the thread group leader: the process */
+		lifecycle_event(KILN_EV_EXIT, id >> 32);
 	return 0;
 }

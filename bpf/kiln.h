@@ -9,6 +9,8 @@
 #ifdef __KILN_USERSPACE__
 #include <stdint.h>
 typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef int16_t __s16;
 typedef uint32_t __u32;
 typedef int32_t __s32;
 typedef uint64_t __u64;
@@ -28,7 +30,11 @@ enum kiln_counter {
 	KILN_CTR_COUNTS_FULL = 6, /* counts map full: sample lost */
 	KILN_CTR_EVENTS_LOST = 7, /* ring buffer full: new-key event lost */
 	KILN_CTR_LEAF_FIXED = 8,  /* caller recovered at a frame-less point */
-	KILN_CTR_MAX = 9,
+	KILN_CTR_FRAMES_TABLE = 9,  /* user frames unwound from .eh_frame rows */
+	KILN_CTR_FRAMES_FP = 10,    /* user frames unwound by frame pointer (no table) */
+	KILN_CTR_TRUNCATED = 11,    /* user stacks cut before their outermost frame */
+	KILN_CTR_UNKNOWN_PC = 12,   /* pc outside every known mapping of a tracked process */
+	KILN_CTR_MAX = 13,
 };
 
 /* config[0].flags */
@@ -74,24 +80,99 @@ struct kiln_sample_value {
 	__u64 last_ns;
 };
 
-#define KILN_EV_NEW_KEY 1u
+#define KILN_EV_NEW_KEY 1u     /* first sample of a key in a window */
+#define KILN_EV_EXEC 2u        /* a process called exec: its maps changed */
+#define KILN_EV_EXIT 3u        /* a process (thread group leader) exited */
+#define KILN_EV_UNKNOWN_PC 4u  /* a tracked process ran code we have no mapping for (dlopen) */
 
-/* Ring-buffer record: sent once per new key per window, so user space
- * learns of new processes while they are alive, at a cost proportional
- * to distinct stacks rather than samples. */
+/* Ring-buffer record. NEW_KEY is sent once per new key per window, so user
+ * space learns of new processes while they are alive, at a cost
+ * proportional to distinct stacks rather than samples. */
 struct kiln_event {
 	__u32 type; /* KILN_EV_* */
 	__u32 half;
 	__u64 ts_ns;
-	struct kiln_sample_key key;
+	__u64 pc; /* KILN_EV_UNKNOWN_PC: the address */
+	struct kiln_sample_key key; /* key.pid (and key.comm) set for every type */
+};
+
+/* ---- table-driven unwinding (.eh_frame rows) ----------------------------
+ *
+ * User space turns each file's .eh_frame/.debug_frame into rows sorted by
+ * pc (ELF virtual address), then cuts them into chunks of at most
+ * KILN_CHUNK_ROWS rows per KILN_PAGE_SHIFT page: a chunk holds the row in
+ * effect at the page's first byte, then every row starting in the page, so
+ * the BPF program finds a pc's row with one hash lookup and at most
+ * log2(KILN_CHUNK_ROWS) binary-search steps. A page with more rows than fit
+ * is marked KILN_PAGE_SPLIT and indexed again at KILN_FINE_SHIFT granularity
+ * under file_id | KILN_FINE_FILE_BIT.
+ */
+#define KILN_PAGE_SHIFT 12
+#define KILN_FINE_SHIFT 8
+#define KILN_FINE_FILE_BIT 0x80000000u
+#define KILN_CHUNK_ROWS 64
+#define KILN_CHUNK_STEPS 6 /* log2(KILN_CHUNK_ROWS) */
+
+/* How to find the canonical frame address (the caller's rsp). */
+#define KILN_CFA_NONE 0 /* no usable rule here (gap, unsupported): stop, truncated */
+#define KILN_CFA_RSP 1  /* cfa = rsp + cfa_offset */
+#define KILN_CFA_RBP 2  /* cfa = rbp + cfa_offset */
+#define KILN_CFA_PLT 3  /* PLT stub: cfa = rsp + 8, + 8 more when (pc & 15) >= 11 */
+#define KILN_CFA_END 4  /* return address undefined: outermost frame, stack complete */
+
+/* Where the caller's rbp is. */
+#define KILN_RBP_SAME 0   /* unchanged by this frame */
+#define KILN_RBP_OFFSET 1 /* saved at cfa + rbp_offset */
+#define KILN_RBP_UNDEF 2  /* not recoverable after this frame */
+
+struct kiln_unwind_row {
+	__u64 pc; /* first ELF virtual address this rule applies to */
+	__s32 cfa_offset;
+	__s16 rbp_offset;
+	__u8 cfa_type; /* KILN_CFA_* */
+	__u8 rbp_type; /* KILN_RBP_* */
+};
+
+struct kiln_page_key {
+	__u32 file_id; /* | KILN_FINE_FILE_BIT for the fine index */
+	__u32 page;    /* vaddr >> KILN_PAGE_SHIFT (or >> KILN_FINE_SHIFT) */
+};
+
+#define KILN_PAGE_SPLIT 0x1u /* look in the fine index instead */
+
+struct kiln_page_val {
+	__u32 first_row; /* index into the global rows array */
+	__u16 count;     /* rows in the chunk, 1..KILN_CHUNK_ROWS */
+	__u16 flags;     /* KILN_PAGE_* */
+};
+
+/* LPM-trie key: a process's executable mapping, as pid then big-endian
+ * address prefix, so one lookup finds the mapping containing a pc. */
+struct kiln_mapping_key {
+	__u32 prefixlen; /* 32 (pid) + address bits */
+	__u32 pid;
+	__u8 addr[8]; /* big-endian */
+};
+
+#define KILN_MAP_NO_TABLE 0x1u /* known mapping without rows: use frame pointers */
+
+struct kiln_mapping_val {
+	__u32 file_id;
+	__u32 flags; /* KILN_MAP_* */
+	__u64 bias;  /* ELF vaddr = runtime pc - bias */
 };
 
 #ifdef __KILN_USERSPACE__
+_Static_assert(sizeof(struct kiln_unwind_row) == 16, "kiln_unwind_row size");
+_Static_assert(sizeof(struct kiln_page_key) == 8, "kiln_page_key size");
+_Static_assert(sizeof(struct kiln_page_val) == 8, "kiln_page_val size");
+_Static_assert(sizeof(struct kiln_mapping_key) == 16, "kiln_mapping_key size");
+_Static_assert(sizeof(struct kiln_mapping_val) == 16, "kiln_mapping_val size");
 _Static_assert(sizeof(struct kiln_config) == 8, "kiln_config size");
 _Static_assert(sizeof(struct kiln_sample_key) == 64, "kiln_sample_key size");
 _Static_assert(sizeof(struct kiln_stack) == 1024, "kiln_stack size");
 _Static_assert(sizeof(struct kiln_sample_value) == 24, "kiln_sample_value size");
-_Static_assert(sizeof(struct kiln_event) == 80, "kiln_event size");
+_Static_assert(sizeof(struct kiln_event) == 88, "kiln_event size");
 #endif
 
 #endif /* KILN_H */

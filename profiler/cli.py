@@ -67,9 +67,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         kernel_stacks=not args.no_kernel,
         include_idle=args.include_idle,
     )
-    sizes = MapSizes(args.stack_entries, args.count_entries, args.ringbuf_pages)
+    sizes = MapSizes.for_unwind_memory(
+        args.unwind_memory,
+        stack_entries=args.stack_entries,
+        count_entries=args.count_entries,
+        ringbuf_pages=args.ringbuf_pages,
+    )
     stop = _StopFlag()
-    recorder = Recorder(options, sizes=sizes)
+    recorder = Recorder(options, sizes=sizes, unwind=not args.no_unwind_tables)
     tty = sys.stderr.isatty()
 
     def progress(elapsed: float, stats: RecordStats) -> None:
@@ -212,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stack-entries", type=int, default=8192, help="distinct stacks per window")
     r.add_argument("--count-entries", type=int, default=16384, help="BPF counts map size")
     r.add_argument("--ringbuf-pages", type=int, default=64, help="BPF ring buffer pages")
+    r.add_argument(
+        "--unwind-memory",
+        type=int,
+        default=64,
+        metavar="MIB",
+        help="cap on kernel memory for .eh_frame unwind tables",
+    )
+    r.add_argument(
+        "--no-unwind-tables", action="store_true", help="walk user stacks by frame pointers only"
+    )
     r.add_argument("--stats", metavar="FILE", help="also write counters and totals as JSON")
     r.add_argument("-o", "--output", required=True, help="FILE.pb.gz (pprof) or FILE.folded")
     r.set_defaults(func=cmd_record)

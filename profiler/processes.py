@@ -32,8 +32,10 @@ from profiler.procfs import (
     cgroup_path,
     container_id_from_cgroup,
     parse_cmdline,
+    parse_id_list,
     parse_maps,
     parse_stat,
+    parse_status,
 )
 
 DEFAULT_MAX_ENTRIES = 4096
@@ -80,6 +82,12 @@ class ProcessInfo:
     `maps` are relative to it (containers). `maps_read_ns` is the table's
     clock when `maps` was read. `complete` is False when the process vanished
     part way and some fields are empty.
+
+    Kept so its files can still be found after it exits (0 or () when
+    unknown): `mnt_ns` is the inode of its mount namespace, `ns_pid` its pid
+    in its own pid namespace (status' last NSpid: a JIT names its
+    /tmp/perf-<pid>.map after it) and `uids` status' real, effective, saved
+    and filesystem uids.
     """
 
     pid: int
@@ -97,6 +105,9 @@ class ProcessInfo:
     ppid: int = 0
     kernel_thread: bool = False
     complete: bool = True
+    mnt_ns: int = 0
+    ns_pid: int = 0
+    uids: tuple[int, ...] = ()
 
     def mapping_at(self, address: int) -> MapEntry | None:
         """The maps entry holding `address`, or None."""
@@ -167,6 +178,37 @@ class _ProcDir:
         except ValueError:
             self.counters["stat_malformed"] += 1
             return None
+
+    def extra(self, name: str) -> bytes | None:
+        """A file we can do without: None on any error, nothing counted."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, 1 << 16)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def namespace(self, name: str) -> int:
+        """The inode of ns/<name> (which names the namespace); 0 on any error."""
+        try:
+            return os.stat(f"ns/{name}", dir_fd=self.dir_fd).st_ino
+        except OSError:
+            return 0
+
+    def identity(self) -> tuple[int, int, tuple[int, ...]]:
+        """(mnt_ns, ns_pid, uids); zeros and () for what cannot be read."""
+        data = self.extra("status")
+        status = parse_status(data.decode("utf-8", "replace")) if data else {}
+        nspids = parse_id_list(status.get("NSpid", ""))
+        return (
+            self.namespace("mnt"),
+            nspids[-1] if nspids else 0,
+            parse_id_list(status.get("Uid", "")),
+        )
 
     def maps(self) -> tuple[MapEntry, ...] | None:
         data = self.read("maps", "maps_unreadable")
@@ -297,6 +339,9 @@ class ProcessTable:
                 del self._entries[pid]
                 return self._read(pid, now)
             maps = proc.maps()
+            # Paths in the new maps are relative to its mount namespace now
+            # (it may have called setns or unshare).
+            mnt_ns = proc.namespace("mnt") or info.mnt_ns
         except _Vanished:
             entry.exited_ns = now
             return info
@@ -304,7 +349,7 @@ class ProcessTable:
             os.close(dir_fd)
         # Denied: keep the maps we had, but wait min_refresh_ns before retrying.
         entry.info = dataclasses.replace(
-            info, maps=info.maps if maps is None else maps, maps_read_ns=now
+            info, maps=info.maps if maps is None else maps, maps_read_ns=now, mnt_ns=mnt_ns
         )
         return entry.info
 
@@ -408,6 +453,10 @@ class ProcessTable:
             complete = True
         except _Vanished:
             self.counters["vanished"] += 1
+        mnt_ns, ns_pid = 0, 0
+        uids: tuple[int, ...] = ()
+        if complete and not stat.is_kernel_thread:
+            mnt_ns, ns_pid, uids = proc.identity()
         exe = link.removesuffix(DELETED_SUFFIX)
         cgroup_text = cgroup.decode("utf-8", "replace")
         info = ProcessInfo(
@@ -426,6 +475,9 @@ class ProcessTable:
             ppid=stat.ppid,
             kernel_thread=stat.is_kernel_thread,
             complete=complete,
+            mnt_ns=mnt_ns,
+            ns_pid=ns_pid,
+            uids=uids,
         )
         # A process that vanished part way has exited: keep it for the grace.
         self._store(pid, _Entry(info, exited_ns=None if complete else now))

@@ -1,7 +1,8 @@
 """The core loop: sample windows from BPF, track processes, symbolize, merge.
 
-`Recorder` wires the pieces (backend, process table, symbolizers, sampler)
-and is what `kiln record` (and later the daemon) drives.
+`Recorder` wires the pieces (backend, process table, unwind tables,
+symbolizers, sampler, the event and unwind threads) and is what
+`kiln record` (and later the daemon) drives.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import numpy as np
 
 from profiler.bpf import abi
 from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend
+from profiler.process_watcher import EventPump, ProcessWatcher, SharedProcesses, UnwindWorker
 from profiler.processes import ProcessInfo, ProcessTable
 from profiler.procfs import MapEntry
 from profiler.sampler import Sampler, SamplerOptions, Window
+from profiler.unwind_tables import UnwindTables
 from symbolizer.aggregate import RawSample, build_profile
 from symbolizer.kallsyms import KernelSymbolizer
 from symbolizer.native import NativeSymbolizer
@@ -43,19 +46,27 @@ class Recorder:
         backend: SamplerBackend | None = None,
         sizes: MapSizes | None = None,
         processes: ProcessTable | None = None,
+        unwind: bool = True,
     ) -> None:
         self.options = options
-        self.processes = processes or ProcessTable()
+        # Maps are re-read at most every 100 ms per process: soon enough
+        # after an exec or dlopen, rare enough to cost nothing.
+        self.processes = SharedProcesses(processes or ProcessTable(min_refresh_ns=100_000_000))
         self.native = NativeSymbolizer()
         self.kernel = KernelSymbolizer()
         self.stats = RecordStats()
         self._wall_offset = time.time_ns() - time.monotonic_ns()
-        self.sampler = Sampler(
-            backend or BccBackend(sizes),
-            options,
-            observe=self.processes.observe,
-            maps_of=self._maps_of,
-        )
+        self.backend = backend or BccBackend(sizes)
+        self.unwind: UnwindWorker | None = None
+        if unwind and isinstance(self.backend, BccBackend):
+            sz = self.backend.sizes
+            tables = UnwindTables(
+                self.backend, capacity_rows=sz.unwind_rows, capacity_pages=sz.unwind_pages
+            )
+            self.unwind = UnwindWorker(tables, self.processes)
+        self.watcher = ProcessWatcher(self.processes, self.unwind)
+        self.sampler = Sampler(self.backend, options, on_event=self.watcher, maps_of=self._maps_of)
+        self._pump = EventPump(self.sampler.poll)
 
     def _maps_of(self, pid: int) -> Sequence[MapEntry] | None:
         info = self.processes.get(pid) or self.processes.observe(pid)
@@ -79,7 +90,7 @@ class Recorder:
             refreshed = self.processes.refresh_maps(pid)
             if refreshed is not None:
                 maps = refreshed.maps
-        return self.native.symbolize(pid, maps, addrs)
+        return self.native.symbolize(pid, maps, addrs, process=info)
 
     def _resolve_kernel(self, addrs: np.ndarray) -> Sequence[Frame]:
         try:
@@ -126,11 +137,23 @@ class Recorder:
         # Load kallsyms now, not in the first window: it is the one big
         # read-once cost, and sampling should not pay for it.
         _ = self.kernel.symbols
+        if self.unwind is not None:
+            # Processes named up front get their tables before the first
+            # sample, so even their first stacks are complete.
+            for pid in self.options.pids:
+                info = self.processes.observe(pid)
+                if info is not None:
+                    self.unwind.tables.sync_process(pid, info.maps)
+            self.unwind.start()
         self.sampler.start()
+        self._pump.start()
         log.info("sampling at %d Hz on %d CPUs", self.options.frequency_hz, os.cpu_count() or 0)
 
     def close(self) -> None:
         self.sampler.stop()
+        self._pump.stop()
+        if self.unwind is not None:
+            self.unwind.stop()
         self.sampler.backend.close()
 
     def record(
@@ -150,10 +173,11 @@ class Recorder:
             now = time.monotonic()
             if now - t0 >= duration_s or should_stop():
                 break
-            self.sampler.poll(100)
+            time.sleep(0.1)  # the event pump thread polls the ring buffer
             if now >= next_window:
                 total.merge(self.profile_of(self.sampler.close_window()))
                 next_window = now + window_s
+                self.maintain()
             if on_progress is not None and now >= next_progress:
                 on_progress(now - t0, self.stats)
                 next_progress = now + 1.0
@@ -161,11 +185,24 @@ class Recorder:
         self.processes.prune()
         return total
 
+    def maintain(self) -> None:
+        """Between windows: forget exited processes, evict unused tables."""
+        self.processes.prune()
+        if self.unwind is not None:
+            for pid in self.unwind.tables.tracked() - set(self.processes.pids()):
+                self.unwind.remove(pid)
+            self.unwind.tables.maintain()
+
     def counters(self) -> dict[str, int]:
         out = dict(self.stats.counters)
         out.update({f"process_{k}": v for k, v in self.processes.counters.items()})
         out.update({f"symbolizer_{k}": v for k, v in self.native.counters.items()})
         out.update({f"sampler_{k}": v for k, v in self.sampler.counters.items()})
+        out.update({f"events_{k}": v for k, v in self.watcher.counters.items()})
+        if self.unwind is not None:
+            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.counters.items()})
+            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.stats().items()})
+            out["unwind_worker_errors"] = self.unwind.errors
         return out
 
 

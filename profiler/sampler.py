@@ -1,9 +1,8 @@
 """Windows of samples from the BPF side, as plain RawSample rows.
 
 The sampler owns the double-buffer protocol: flip `config.active`, let
-programs in flight finish, drain the idle half's counts and the stacks
-they reference. It also turns ring-buffer
-events into process observations, so a process is looked at while alive.
+programs in flight finish, drain the idle half's counts and the stacks they
+reference. Ring-buffer events go to the handler it is given.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class Window:
         return sum(s.count for s in self.samples)
 
 
-ObserveFn = Callable[[int], object]
+EventFn = Callable[[abi.Event], object]
 MapsFn = Callable[[int], Iterable[MapEntry] | None]
 
 
@@ -69,14 +68,14 @@ class Sampler:
         backend: SamplerBackend,
         options: SamplerOptions,
         *,
-        observe: ObserveFn = lambda pid: None,
+        on_event: EventFn = lambda ev: None,
         maps_of: MapsFn = lambda pid: None,
         clock: Callable[[], int] = time.monotonic_ns,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.backend = backend
         self.options = options
-        self._observe = observe
+        self._on_event = on_event
         self._maps_of = maps_of
         self._clock = clock
         self._sleep = sleep
@@ -101,11 +100,10 @@ class Sampler:
         self.backend.detach()
 
     def handle_event(self, ev: abi.Event) -> None:
-        """Ring-buffer callback: look at a process the first time it shows up."""
+        """Ring-buffer callback: hand the event on, never raise."""
         try:
             self.counters["events"] += 1
-            if ev.type == abi.EV_NEW_KEY and ev.key.pid != 0:
-                self._observe(int(ev.key.pid))
+            self._on_event(ev)
         except Exception:  # a callback must never take the agent down
             self.counters["event_errors"] += 1
             log.exception("ring buffer event handling failed")
@@ -122,7 +120,6 @@ class Sampler:
         self._half ^= 1
         self.backend.set_config(self._half, self.options.flags)
         self._sleep(SETTLE_S)
-        self.backend.poll_events(0)
         end = self._clock()
         keys, values = self.backend.drain_counts(old)
         stacks = self.backend.drain_stacks(old)

@@ -60,3 +60,38 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+class FakeUnwindMaps:
+    """The unwind BPF maps as dictionaries (mirrors BccBackend's UnwindMaps)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, bytes] = {}
+        self.pages: dict[bytes, bytes] = {}
+        self.mappings: dict[bytes, bytes] = {}
+        self.tracked: set[int] = set()
+
+    def write_rows(self, first: int, rows: np.ndarray) -> None:
+        size = rows.dtype.itemsize
+        raw = rows.tobytes()
+        for i in range(len(rows)):
+            self.rows[first + i] = raw[i * size : (i + 1) * size]
+
+    def write_pages(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        for k, v in zip(keys, vals, strict=True):
+            self.pages[k.tobytes()] = v.tobytes()
+
+    def delete_pages(self, keys: np.ndarray) -> None:
+        for k in keys:
+            self.pages.pop(k.tobytes(), None)
+
+    def write_mappings(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        for k, v in zip(keys, vals, strict=True):
+            self.mappings[k.tobytes()] = v.tobytes()
+
+    def delete_mappings(self, keys: np.ndarray) -> None:
+        for k in keys:
+            self.mappings.pop(k.tobytes(), None)
+
+    def set_tracked(self, pid: int, tracked: bool) -> None:
+        (self.tracked.add if tracked else self.tracked.discard)(pid)

@@ -32,9 +32,13 @@ class Counter(enum.IntEnum):
     COUNTS_FULL = 6
     EVENTS_LOST = 7
     LEAF_FIXED = 8
+    FRAMES_TABLE = 9
+    FRAMES_FP = 10
+    TRUNCATED = 11
+    UNKNOWN_PC = 12
 
 
-COUNTER_MAX = 9
+COUNTER_MAX = 13
 
 # Counters that mean data was lost, with the setting that fixes each.
 LOSS_REMEDIES: dict[Counter, str] = {
@@ -54,6 +58,9 @@ class Flag(enum.IntFlag):
 
 
 EV_NEW_KEY = 1
+EV_EXEC = 2
+EV_EXIT = 3
+EV_UNKNOWN_PC = 4
 
 
 class Config(ctypes.Structure):
@@ -102,7 +109,71 @@ class Event(ctypes.Structure):
         ("type", ctypes.c_uint32),
         ("half", ctypes.c_uint32),
         ("ts_ns", ctypes.c_uint64),
+        ("pc", ctypes.c_uint64),
         ("key", SampleKey),
+    ]
+
+
+# ---- table-driven unwinding (see kiln.h) ----------------------------------
+
+PAGE_SHIFT = 12
+FINE_SHIFT = 8
+FINE_FILE_BIT = 0x80000000
+CHUNK_ROWS = 64
+CHUNK_STEPS = 6
+PAGE_SPLIT = 0x1
+MAP_NO_TABLE = 0x1
+
+
+class CfaType(enum.IntEnum):
+    NONE = 0
+    RSP = 1
+    RBP = 2
+    PLT = 3
+    END = 4
+
+
+class RbpType(enum.IntEnum):
+    SAME = 0
+    OFFSET = 1
+    UNDEF = 2
+
+
+class UnwindRow(ctypes.Structure):
+    _fields_ = [
+        ("pc", ctypes.c_uint64),
+        ("cfa_offset", ctypes.c_int32),
+        ("rbp_offset", ctypes.c_int16),
+        ("cfa_type", ctypes.c_uint8),
+        ("rbp_type", ctypes.c_uint8),
+    ]
+
+
+class PageKey(ctypes.Structure):
+    _fields_ = [("file_id", ctypes.c_uint32), ("page", ctypes.c_uint32)]
+
+
+class PageVal(ctypes.Structure):
+    _fields_ = [
+        ("first_row", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+    ]
+
+
+class MappingKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("addr", ctypes.c_uint8 * 8),
+    ]
+
+
+class MappingVal(ctypes.Structure):
+    _fields_ = [
+        ("file_id", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("bias", ctypes.c_uint64),
     ]
 
 
@@ -113,11 +184,19 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "kiln_sample_key": SampleKey,
     "kiln_sample_value": SampleValue,
     "kiln_stack": Stack,
+    "kiln_unwind_row": UnwindRow,
+    "kiln_page_key": PageKey,
+    "kiln_page_val": PageVal,
+    "kiln_mapping_key": MappingKey,
+    "kiln_mapping_val": MappingVal,
     "kiln_event": Event,
 }
 
 
 _NP_SCALARS = {
+    ctypes.c_uint8: "u1",
+    ctypes.c_int16: "<i2",
+    ctypes.c_uint16: "<u2",
     ctypes.c_uint32: "<u4",
     ctypes.c_int32: "<i4",
     ctypes.c_uint64: "<u8",

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,16 +39,43 @@ class MapSizes:
     stack_entries: int = 8192
     count_entries: int = 16384
     ringbuf_pages: int = 64
+    unwind_rows: int = 1 << 21  # 16-byte rows
+    unwind_pages: int = 1 << 19  # page index entries (~80 bytes each in the kernel)
+    unwind_mappings: int = 65536
+
+    @classmethod
+    def for_unwind_memory(cls, mib: int, **kw: int) -> MapSizes:
+        """Split an unwind-table memory cap between rows (60%) and page index (40%)."""
+        total = mib << 20
+        return cls(
+            unwind_rows=max(1024, total * 6 // 10 // 16),
+            unwind_pages=max(1024, total * 4 // 10 // 80),
+            **kw,
+        )
 
     def cflags(self) -> list[str]:
         return [
             f"-DKILN_STACK_ENTRIES={self.stack_entries}",
             f"-DKILN_COUNT_ENTRIES={self.count_entries}",
             f"-DKILN_RINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DKILN_UNWIND_ROWS={self.unwind_rows}",
+            f"-DKILN_UNWIND_PAGES={self.unwind_pages}",
+            f"-DKILN_UNWIND_MAPPINGS={self.unwind_mappings}",
         ]
 
 
 EventHandler = Callable[[abi.Event], None]
+
+
+class UnwindMaps(Protocol):
+    """The BPF maps that hold unwind tables (see kiln.h)."""
+
+    def write_rows(self, first: int, rows: np.ndarray) -> None: ...
+    def write_pages(self, keys: np.ndarray, vals: np.ndarray) -> None: ...
+    def delete_pages(self, keys: np.ndarray) -> None: ...
+    def write_mappings(self, keys: np.ndarray, vals: np.ndarray) -> None: ...
+    def delete_mappings(self, keys: np.ndarray) -> None: ...
+    def set_tracked(self, pid: int, tracked: bool) -> None: ...
 
 
 class SamplerBackend(Protocol):
@@ -214,6 +242,63 @@ class BccBackend:
         ev = abi.Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(abi.Event)))
         self._on_event(ev)  # the sampler's handler counts its own failures
         return 0
+
+    # -- unwind tables -------------------------------------------------------
+
+    def _batch(self, name: bytes, keys: bytes, n: int, vals: bytes | None = None) -> None:
+        table = self._bpf[name]
+        ct_keys = (table.Key * n).from_buffer_copy(keys)
+        if vals is None:
+            table.items_delete_batch(ct_keys)
+        else:
+            table.items_update_batch(ct_keys, (table.Leaf * n).from_buffer_copy(vals))
+
+    def write_rows(self, first: int, rows: np.ndarray) -> None:
+        if len(rows):
+            idx = np.arange(first, first + len(rows), dtype="<u4")
+            self._batch(b"unwind_rows", idx.tobytes(), len(rows), rows.tobytes())
+
+    def write_pages(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        if len(keys):
+            self._batch(b"unwind_pages", keys.tobytes(), len(keys), vals.tobytes())
+
+    def delete_pages(self, keys: np.ndarray) -> None:
+        if len(keys):
+            self._batch(b"unwind_pages", keys.tobytes(), len(keys))
+
+    def write_mappings(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        # LPM tries have no batch operations: one syscall per prefix.
+        table = self._bpf[b"unwind_mappings"]
+        kb, vb = keys.tobytes(), vals.tobytes()
+        ks, vs = keys.dtype.itemsize, vals.dtype.itemsize
+        for i in range(len(keys)):
+            key = table.Key.from_buffer_copy(kb[i * ks : (i + 1) * ks])
+            table[key] = table.Leaf.from_buffer_copy(vb[i * vs : (i + 1) * vs])
+
+    def delete_mappings(self, keys: np.ndarray) -> None:
+        table = self._bpf[b"unwind_mappings"]
+        kb, ks = keys.tobytes(), keys.dtype.itemsize
+        for i in range(len(keys)):
+            with contextlib.suppress(KeyError):
+                del table[table.Key.from_buffer_copy(kb[i * ks : (i + 1) * ks])]
+
+    def set_tracked(self, pid: int, tracked: bool) -> None:
+        table = self._bpf[b"tracked"]
+        if tracked:
+            table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        else:
+            with contextlib.suppress(KeyError):
+                del table[ctypes.c_uint32(pid)]
+
+    def prog_stats(self) -> tuple[int, int]:
+        """(run time ns, run count) of the sampling program, from the kernel's
+        BPF stats (kernel.bpf_stats_enabled must be 1 for them to grow)."""
+        fd = self._bpf.funcs[b"on_cpu_sample"].fd if b"on_cpu_sample" in self._bpf.funcs else -1
+        if fd < 0:
+            return (0, 0)
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        return int(fields.get("run_time_ns", "0")), int(fields.get("run_cnt", "0"))
 
     # -- introspection for tests -------------------------------------------
 

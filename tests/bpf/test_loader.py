@@ -45,11 +45,11 @@ def test_bcc_types_match_the_mirror(
 def test_pid_filter_counts_and_windows(backend: BccBackend) -> None:
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        events: list[abi.Event] = []
+        events: list[int] = []
         sampler = Sampler(
             backend,
             SamplerOptions(frequency_hz=199, pids=(spin.pid,)),
-            observe=lambda pid: events.append(pid),
+            on_event=lambda ev: events.append(int(ev.key.pid)),
         )
         sampler.start()
         before = backend.counters()

@@ -21,9 +21,24 @@ def _c_layout(tmp_path: Path) -> dict[str, int]:
         lines.append(f'printf("KILN_F_{f.name} %u\\n", KILN_F_{f.name});')
     lines.append('printf("KILN_CTR_MAX %d\\n", (int)KILN_CTR_MAX);')
     lines.append('printf("KILN_COMM_LEN %d\\n", KILN_COMM_LEN);')
-    lines.append('printf("KILN_EV_NEW_KEY %u\\n", KILN_EV_NEW_KEY);')
+    for ev in ("NEW_KEY", "EXEC", "EXIT", "UNKNOWN_PC"):
+        lines.append(f'printf("KILN_EV_{ev} %u\\n", KILN_EV_{ev});')
     lines.append('printf("KILN_MAX_STACK_DEPTH %d\\n", KILN_MAX_STACK_DEPTH);')
     lines.append('printf("KILN_STACK_TRUNCATED %u\\n", KILN_STACK_TRUNCATED);')
+    for name in (
+        "PAGE_SHIFT",
+        "FINE_SHIFT",
+        "FINE_FILE_BIT",
+        "CHUNK_ROWS",
+        "CHUNK_STEPS",
+        "PAGE_SPLIT",
+        "MAP_NO_TABLE",
+    ):
+        lines.append(f'printf("KILN_{name} %u\\n", (unsigned)KILN_{name});')
+    for c in abi.CfaType:
+        lines.append(f'printf("KILN_CFA_{c.name} %d\\n", KILN_CFA_{c.name});')
+    for r in abi.RbpType:
+        lines.append(f'printf("KILN_RBP_{r.name} %d\\n", KILN_RBP_{r.name});')
     lines.append("return 0; }")
     src = tmp_path / "layout.c"
     src.write_text("\n".join(lines))
@@ -51,9 +66,25 @@ def test_constants_match_header(tmp_path: Path) -> None:
         assert c[f"KILN_F_{f.name}"] == f.value
     assert c["KILN_CTR_MAX"] == abi.COUNTER_MAX == len(abi.Counter)
     assert c["KILN_COMM_LEN"] == abi.COMM_LEN
-    assert c["KILN_EV_NEW_KEY"] == abi.EV_NEW_KEY
+    for ev in ("NEW_KEY", "EXEC", "EXIT", "UNKNOWN_PC"):
+        assert c[f"KILN_EV_{ev}"] == getattr(abi, f"EV_{ev}")
     assert c["KILN_MAX_STACK_DEPTH"] == abi.MAX_STACK_DEPTH
     assert c["KILN_STACK_TRUNCATED"] == abi.STACK_TRUNCATED
+    for name in (
+        "PAGE_SHIFT",
+        "FINE_SHIFT",
+        "FINE_FILE_BIT",
+        "CHUNK_ROWS",
+        "CHUNK_STEPS",
+        "PAGE_SPLIT",
+        "MAP_NO_TABLE",
+    ):
+        assert c[f"KILN_{name}"] == getattr(abi, name), name
+    assert 1 << abi.CHUNK_STEPS == abi.CHUNK_ROWS
+    for ct in abi.CfaType:
+        assert c[f"KILN_CFA_{ct.name}"] == ct.value
+    for r in abi.RbpType:
+        assert c[f"KILN_RBP_{r.name}"] == r.value
 
 
 def test_numpy_dtypes_follow_the_mirror() -> None:

@@ -2,15 +2,21 @@
 
 The fixture program prints the runtime addresses of known functions (in the
 executable and in a shared library) and waits; the test reads its real
-/proc/PID/maps and checks the names, for PIE and non-PIE builds.
+/proc/PID/maps and checks the names, for PIE and non-PIE builds, and for
+binaries that are hard to reach: in another mount namespace, deleted or
+replaced since they started, living in a memfd, or whose process has exited.
+Separate debug files are tested in test_debuginfo.py, perf maps in
+test_perfmap.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +24,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from profiler.processes import ProcessInfo, ProcessTable
 from profiler.procfs import MapEntry, parse_maps
 from symbolizer.elf import build_id_of_path, read_elf
 from symbolizer.native import (
     ANONYMOUS,
+    COUNTER_NAMES,
     ELF_CACHE_HITS,
     ELF_ERRORS,
     ELF_EVICTIONS,
     ELF_LOADS,
     FRAME_COUNTERS,
+    HOST_PATH_AFTER_EXIT,
+    INODE_CACHE_HITS,
     INODE_MISMATCH,
+    MAP_FILES,
+    PROCESS_EXITED,
     SYMBOLIZED,
     UNMAPPED,
     UNREADABLE,
@@ -50,6 +62,8 @@ def bins(fixture_build_dir: Path) -> dict[str, Path]:
         "lib": lib,
         "pie": build_c(d, "native_prog.c", "native_pie", "-O2", "-fPIE", "-pie", *link),
         "nopie": build_c(d, "native_prog.c", "native_nopie", "-O2", "-fno-pie", "-no-pie", *link),
+        "solo": build_c(d, "native_prog.c", "native_solo", "-O2", "-DKILN_NO_LIB"),
+        "memfd": build_c(d, "sym_memfd.c", "sym_memfd", "-O2", "-ldl"),
     }
 
 
@@ -67,18 +81,27 @@ class Running:
 
 
 @contextmanager
-def running(exe: Path) -> Iterator[Running]:
+def started(cmd: Sequence[str | Path]) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Run a fixture until the block ends; yields it and the hex addresses it printed."""
     with subprocess.Popen(
-        [str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [str(c) for c in cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            addrs = [int(x, 16) for x in proc.stdout.readline().split()]
-            maps = parse_maps(Path(f"/proc/{proc.pid}/maps").read_text())
-            yield Running(proc.pid, maps, *addrs)
+            line = proc.stdout.readline()
+            assert line, f"{cmd} printed nothing (exit status {proc.poll()})"
+            yield proc, [int(x, 16) if x != "(nil)" else 0 for x in line.split()]
         finally:
             proc.stdin.close()
             proc.wait(timeout=10)
+
+
+@contextmanager
+def running(exe: Path) -> Iterator[Running]:
+    """native_prog (or a copy of it) until the block ends."""
+    with started([exe]) as (proc, addrs):
+        maps = parse_maps(Path(f"/proc/{proc.pid}/maps").read_text())
+        yield Running(proc.pid, maps, *addrs)
 
 
 @pytest.mark.parametrize("which", ["pie", "nopie"])
@@ -256,6 +279,7 @@ def test_deleted_executable_is_read_through_map_files(
         frames = ns.symbolize(r.pid, maps, [r.alpha_ret, r.lib_ret])
     assert [f.function for f in frames] == ["kiln_fixture_alpha", "kiln_lib_function"]
     assert frames[0].mapping is not None and frames[0].mapping.filename == str(exe)
+    assert ns.counters[MAP_FILES] == 1
 
 
 def test_vdso_is_named(bins: dict[str, Path]) -> None:
@@ -294,3 +318,157 @@ def test_large_batch(bins: dict[str, Path]) -> None:
     # frame counters count distinct addresses (each is resolved once per batch)
     assert sum(ns.counters[c] for c in FRAME_COUNTERS) == len(np.unique(addrs))
     assert {f.function for f in frames[20_000:21_000]} == {"kiln_lib_function"}
+
+
+# -- binaries that are hard to reach -----------------------------------------------
+
+
+def test_counters_start_at_zero() -> None:
+    assert NativeSymbolizer().counters == dict.fromkeys(COUNTER_NAMES, 0)
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root (map_files, mount namespaces)"
+)
+
+
+@needs_root
+def test_replaced_executable_is_read_through_map_files(
+    bins: dict[str, Path], tmp_path: Path
+) -> None:
+    exe = tmp_path / "upgraded"
+    shutil.copy(bins["pie"], exe)
+    with running(exe) as r:
+        newer = tmp_path / "newer"
+        shutil.copy(bins["nopie"], newer)
+        newer.replace(exe)  # the path now holds another inode, as after a package upgrade
+        # Maps recorded before the upgrade name the path without " (deleted)".
+        assert not any(m.deleted for m in r.maps)
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(r.pid, r.maps, [r.alpha_ret, r.static_ret])
+        fresh = parse_maps(Path(f"/proc/{r.pid}/maps").read_text())
+        assert any(m.deleted and m.file_path == str(exe) for m in fresh)
+        again = NativeSymbolizer().symbolize(r.pid, fresh, [r.alpha_ret, r.static_ret])
+    assert [f.function for f in frames] == ["kiln_fixture_alpha", "kiln_fixture_static"]
+    assert again == frames
+    assert frames[0].mapping is not None
+    assert frames[0].mapping.build_id == build_id_of_path(str(bins["pie"]))
+    assert ns.counters[MAP_FILES] == 1
+    assert ns.counters[INODE_MISMATCH] == 0
+
+
+@needs_root
+def test_binary_only_in_another_mount_namespace(bins: dict[str, Path], tmp_path: Path) -> None:
+    """The binary sits on a tmpfs mounted in the process' own mount namespace:
+    its path exists only through /proc/PID/root."""
+    mnt = tmp_path / "private"
+    mnt.mkdir()
+    script = 'mount -t tmpfs kiln "$1" && cp "$2" "$1/prog" && exec "$1/prog"'
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    with started([*cmd, mnt, bins["solo"]]) as (proc, addrs):
+        maps = parse_maps(Path(f"/proc/{proc.pid}/maps").read_text())
+        prog = mnt / "prog"
+        assert any(m.file_path == str(prog) for m in maps)
+        assert not prog.exists()  # not from here
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(proc.pid, maps, [addrs[0], addrs[1]])
+    assert [f.function for f in frames] == ["kiln_fixture_alpha", "kiln_fixture_static"]
+    assert frames[0].mapping is not None and frames[0].mapping.filename == str(prog)
+    assert ns.counters[MAP_FILES] == 0  # read by its path, inside the namespace
+
+
+@needs_root
+def test_shared_object_in_a_memfd(bins: dict[str, Path]) -> None:
+    with started([bins["memfd"], bins["lib"]]) as (proc, (ret, fn)):
+        maps = parse_maps(Path(f"/proc/{proc.pid}/maps").read_text())
+        entry = next(m for m in maps if m.start <= ret < m.end)
+        assert entry.path == "/memfd:kiln-jit (deleted)"
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(proc.pid, maps, [ret, fn])
+    assert [f.function for f in frames] == ["kiln_lib_function"] * 2
+    mapping = frames[0].mapping
+    assert mapping is not None
+    assert (mapping.filename, mapping.build_id) == ("/memfd:kiln-jit", LIB_BUILD_ID)
+    assert ns.counters[MAP_FILES] == 1
+
+
+# -- short-lived processes -----------------------------------------------------------
+
+
+@contextmanager
+def exited(exe: Path) -> Iterator[tuple[Running, ProcessInfo]]:
+    """A fixture process recorded by a ProcessTable while alive, then gone."""
+    with running(exe) as r:
+        info = ProcessTable().observe(r.pid)
+        assert info is not None and info.mnt_ns == os.stat("/proc/self/ns/mnt").st_ino
+    gone_by = time.monotonic() + 5
+    while Path(f"/proc/{r.pid}").exists() and time.monotonic() < gone_by:
+        time.sleep(0.001)  # reaped, but /proc may lag a moment
+    yield r, info
+
+
+def test_exited_process_is_symbolized_from_its_recorded_maps(
+    bins: dict[str, Path],
+) -> None:
+    with exited(bins["pie"]) as (r, info):
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(r.pid, info.maps, [r.alpha_ret, r.lib_ret], process=info)
+    assert [f.function for f in frames] == ["kiln_fixture_alpha", "kiln_lib_function"]
+    assert ns.counters[PROCESS_EXITED] == 1
+    assert ns.counters[HOST_PATH_AFTER_EXIT] == 2  # the executable and the library
+    assert ns.counters[SYMBOLIZED] == 2
+
+
+def test_exited_process_of_another_mount_namespace_is_not_read_from_the_host(
+    bins: dict[str, Path],
+) -> None:
+    with exited(bins["pie"]) as (r, info):
+        elsewhere = dataclasses.replace(info, mnt_ns=info.mnt_ns + 1)
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(r.pid, info.maps, [r.alpha_ret], process=elsewhere)
+    assert frames[0].function.startswith("native_pie+0x")
+    assert ns.counters[UNREADABLE] == 1 and ns.counters[HOST_PATH_AFTER_EXIT] == 0
+
+
+def test_exited_process_file_replaced_since_is_not_used(
+    bins: dict[str, Path], tmp_path: Path
+) -> None:
+    exe = tmp_path / "short"
+    shutil.copy(bins["pie"], exe)
+    with exited(exe) as (r, info):
+        impostor = tmp_path / "impostor"
+        shutil.copy(bins["nopie"], impostor)
+        impostor.replace(exe)  # same path, another inode
+        ns = NativeSymbolizer()
+        frames = ns.symbolize(r.pid, info.maps, [r.alpha_ret, r.lib_ret], process=info)
+    assert frames[0].function.startswith("short+0x")
+    assert frames[1].function == "kiln_lib_function"  # the library did not change
+    assert ns.counters[UNREADABLE] == 1 and ns.counters[HOST_PATH_AFTER_EXIT] == 1
+
+
+def test_files_parsed_while_alive_serve_after_exit(bins: dict[str, Path]) -> None:
+    """A process of another mount namespace cannot be read once gone, but
+    what was parsed for its inodes while it lived still names its frames."""
+    ns = NativeSymbolizer()
+    with running(bins["pie"]) as r:
+        info = ProcessTable().observe(r.pid)
+        assert info is not None
+        ns.symbolize(r.pid, info.maps, [r.alpha_ret], process=info)
+    elsewhere = dataclasses.replace(info, mnt_ns=0)
+    (frame,) = ns.symbolize(r.pid, info.maps, [r.alpha_ret], process=elsewhere)
+    assert frame.function == "kiln_fixture_alpha"
+    assert ns.counters[INODE_CACHE_HITS] == 1
+
+
+def test_reused_pid_is_not_read_through_proc(bins: dict[str, Path]) -> None:
+    """A context whose start time differs from /proc/PID's is another process."""
+    with running(bins["pie"]) as r:
+        info = ProcessTable().observe(r.pid)
+        assert info is not None
+        before = dataclasses.replace(info, start_time=info.start_time - 1, mnt_ns=0)
+        ns = NativeSymbolizer()
+        (frame,) = ns.symbolize(r.pid, r.maps, [r.alpha_ret], process=before)
+        assert frame.function.startswith("native_pie+0x")
+        assert ns.counters[PROCESS_EXITED] == 1 and ns.counters[UNREADABLE] == 1
+        (frame,) = ns.symbolize(r.pid, r.maps, [r.alpha_ret], process=info)
+    assert frame.function == "kiln_fixture_alpha"

@@ -164,6 +164,32 @@ def test_deleted_exe_is_a_flag(proc: FakeProc, make_table: Callable[..., Process
     assert info.exe == f"{proc.bin}/app" and info.exe_deleted
 
 
+def test_namespace_identity_is_recorded(
+    proc: FakeProc, make_table: Callable[..., ProcessTable]
+) -> None:
+    d = proc.add(42)
+    (d / "status").write_text("Name:\tapp\nUid:\t1000\t1001\t1000\t1001\nNSpid:\t42\t7\n")
+    (d / "ns").mkdir()
+    (d / "ns" / "mnt").write_text("")  # the real one is a magic link; its inode names the ns
+    table = make_table()
+    info = table.observe(42)
+    assert info is not None and info.complete
+    assert (info.ns_pid, info.uids) == (7, (1000, 1001, 1000, 1001))
+    assert info.mnt_ns == (d / "ns" / "mnt").stat().st_ino != 0
+    assert lost(table) == {}
+
+
+def test_missing_status_and_ns_are_not_losses(
+    proc: FakeProc, make_table: Callable[..., ProcessTable]
+) -> None:
+    proc.add(42)
+    table = make_table()
+    info = table.observe(42)
+    assert info is not None and info.complete
+    assert (info.mnt_ns, info.ns_pid, info.uids) == (0, 0, ())
+    assert lost(table) == {}
+
+
 def test_kernel_thread_has_no_exe(proc: FakeProc, make_table: Callable[..., ProcessTable]) -> None:
     proc.add(2, comm="kthreadd", exe="", cmdline=b"", maps="", cgroup="0::/\n", flags=PF_KTHREAD)
     table = make_table()
@@ -440,6 +466,19 @@ def test_refresh_maps_is_rate_limited(
     assert table.counters["refresh_limited"] == 2
 
 
+def test_refresh_maps_reads_the_mount_namespace_again(
+    proc: FakeProc, make_table: Callable[..., ProcessTable], clock: FakeClock
+) -> None:
+    d = proc.add(42)
+    table = make_table(min_refresh_ns=SECOND)
+    assert table.observe(42) is not None
+    (d / "ns").mkdir()
+    (d / "ns" / "mnt").write_text("")  # it joined a mount namespace (setns)
+    clock.advance(SECOND)
+    fresh = table.refresh_maps(42)
+    assert fresh is not None and fresh.mnt_ns == (d / "ns" / "mnt").stat().st_ino != 0
+
+
 def test_refresh_maps_unknown_pid_observes(
     proc: FakeProc, make_table: Callable[..., ProcessTable]
 ) -> None:
@@ -544,6 +583,9 @@ def test_real_process(sleeper: subprocess.Popen[bytes]) -> None:
     assert any(m.is_exec and m.file_path == exe for m in info.maps)
     assert any(m.path == "[stack]" for m in info.maps)
     assert info.root == f"/proc/{sleeper.pid}/root"
+    assert info.mnt_ns == os.stat("/proc/self/ns/mnt").st_ino
+    assert info.ns_pid == sleeper.pid  # our pid namespace
+    assert info.uids == (os.getuid(), os.geteuid(), os.getuid(), os.geteuid())
     assert reader.paths == [f"/proc/{sleeper.pid}/exe"]
     assert table.observe(sleeper.pid) is info
 

@@ -57,20 +57,20 @@ def test_leaf_caller_is_inserted_only_when_it_points_at_code() -> None:
     assert s.counters["leaf_caller_rejected"] == 1
 
 
-def test_events_observe_new_processes_and_never_raise() -> None:
+def test_events_are_handed_on_and_never_raise() -> None:
     seen: list[int] = []
 
-    def observe(pid: int) -> None:
-        if pid == 13:
+    def on_event(ev: abi.Event) -> None:
+        if ev.key.pid == 13:
             raise OSError("gone")
-        seen.append(pid)
+        seen.append(ev.key.pid)
 
-    s = Sampler(FakeBackend(), SamplerOptions(), observe=observe, sleep=lambda _: None)
+    s = Sampler(FakeBackend(), SamplerOptions(), on_event=on_event, sleep=lambda _: None)
     for pid in (7, 0, 13):
         ev = abi.Event(type=abi.EV_NEW_KEY)
         ev.key.pid = pid
         s.handle_event(ev)
-    assert seen == [7]
+    assert seen == [7, 0]
     assert s.counters["events"] == 3 and s.counters["event_errors"] == 1
 
 
