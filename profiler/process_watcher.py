@@ -87,8 +87,9 @@ class UnwindWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        self._queue.put((_STOP, 0))
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._queue.put((_STOP, 0))
+            self._thread.join(timeout=30)
 
     def sync(self, pid: int) -> None:
         self._put((_SYNC, pid))
@@ -178,7 +179,8 @@ class EventPump:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -6,6 +6,7 @@ sampler and recorder logic be tested without root.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -53,7 +54,7 @@ class FakeBackend:
         return {c: 0 for c in abi.Counter}
 
     def poll_events(self, timeout_ms: int) -> None:
-        pass
+        time.sleep(timeout_ms / 1000)  # a real poll blocks until data or timeout
 
     def set_event_handler(self, handler: object) -> None:
         self.handler = handler

@@ -15,10 +15,13 @@ def _key(pid: int, kstack: int, ustack: int) -> tuple[object, ...]:
     return (pid, pid, 1, kstack, ustack, 1, 0, b"me")
 
 
-def test_window_becomes_a_symbolized_profile_with_process_labels() -> None:
+def test_window_becomes_a_symbolized_profile_with_process_labels(
+    request: pytest.FixtureRequest,
+) -> None:
     be = FakeBackend()
     rec = Recorder(SamplerOptions(frequency_hz=100), backend=be)
     rec.start()
+    request.addfinalizer(rec.close)
     me = os.getpid()
     rec.processes.observe(me)
     info = rec.processes.get(me)
@@ -36,10 +39,13 @@ def test_window_becomes_a_symbolized_profile_with_process_labels() -> None:
     assert len(frames) == 2  # the junk 0 return address is kept, never wrapped
 
 
-def test_a_failing_symbolizer_costs_names_not_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_symbolizer_costs_names_not_samples(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     be = FakeBackend()
     rec = Recorder(SamplerOptions(frequency_hz=100), backend=be)
     rec.start()
+    request.addfinalizer(rec.close)
 
     def boom(*_: object) -> None:
         raise RuntimeError("bug")
