@@ -10,6 +10,7 @@ either the events or the windows.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -134,11 +135,20 @@ class UnwindWorker:
 
 
 class ProcessWatcher:
-    """Handles the BPF ring buffer's events (called on the event pump thread)."""
+    """Handles the BPF ring buffer's events (called on the event pump thread).
+
+    Every new process is read from /proc at once (cheap, and the only chance
+    for one that lives 20 ms), but unwind tables are built only for processes
+    that have been sampled.
+    """
 
     def __init__(self, processes: SharedProcesses, unwind: UnwindWorker | None) -> None:
         self.processes = processes
         self.unwind = unwind
+        self._unwound: set[int] = set()  # pids whose tables were asked for
+        # Kiln itself maps LLVM (through BCC): ~1M rows and seconds of CPU for
+        # stacks of our own that frame pointers describe well enough.
+        self._skip = {os.getpid()}
         self.counters: dict[str, int] = {"exec": 0, "exit": 0, "unknown_pc": 0, "new_process": 0}
 
     def __call__(self, ev: abi.Event) -> None:
@@ -148,22 +158,39 @@ class ProcessWatcher:
         if ev.type == abi.EV_NEW_KEY:
             if not self.processes.known(pid):
                 self.counters["new_process"] += 1
-                if self.processes.observe(pid) is not None and self.unwind:
-                    self.unwind.sync(pid)
+                self.processes.observe(pid)
+            self._sync(pid, first=True)
         elif ev.type == abi.EV_EXEC:
             self.counters["exec"] += 1
             self.processes.forget(pid)
-            if self.processes.observe(pid) is not None and self.unwind:
-                self.unwind.sync(pid)
+            self.processes.observe(pid)
+            self._sync(pid, first=False)  # a new image for a process already sampled
         elif ev.type == abi.EV_EXIT:
             self.counters["exit"] += 1
-            self.processes.mark_exited(pid)
-            if self.unwind:
+            if self.processes.known(pid):
+                self.processes.mark_exited(pid)
+            if pid in self._unwound and self.unwind is not None:
+                self._unwound.discard(pid)
                 self.unwind.remove(pid)
         elif ev.type == abi.EV_UNKNOWN_PC:
             self.counters["unknown_pc"] += 1
-            if self.processes.refresh_maps(pid) is not None and self.unwind:
-                self.unwind.sync(pid)
+            if self.processes.refresh_maps(pid) is not None:
+                self._sync(pid, first=False)
+
+    def _sync(self, pid: int, *, first: bool) -> None:
+        if self.unwind is None:
+            return
+        if pid in self._skip:
+            return
+        if first and pid not in self._unwound:
+            self._unwound.add(pid)
+            self.unwind.sync(pid)
+        elif not first and pid in self._unwound:
+            self.unwind.sync(pid)
+
+    def forget(self, pids: set[int]) -> None:
+        """Processes gone without an exit event (e.g. events lost)."""
+        self._unwound -= pids
 
 
 class EventPump:

@@ -189,7 +189,9 @@ class Recorder:
         """Between windows: forget exited processes, evict unused tables."""
         self.processes.prune()
         if self.unwind is not None:
-            for pid in self.unwind.tables.tracked() - set(self.processes.pids()):
+            gone = self.unwind.tables.tracked() - set(self.processes.pids())
+            self.watcher.forget(gone)
+            for pid in gone:
                 self.unwind.remove(pid)
             self.unwind.tables.maintain()
 

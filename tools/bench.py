@@ -110,6 +110,11 @@ def kiln_cpu(hz: int, seconds: float, tmp: Path, warmup: float = 12.0) -> dict[s
         "warmup_ms": (c0 - w0) / 1e6,
         "lost": data["lost"],
         "samples": data["samples"],
+        "tables": {
+            k.removeprefix("unwind_"): v
+            for k, v in data["counters"].items()
+            if k.startswith("unwind_")
+        },
     }
 
 
@@ -395,17 +400,19 @@ def main() -> int:
                 "kernel.bpf_stats_enabled=1, whole host at 99 Hz during that run",
             )
         )
-        t = cmp["tables"]
-        rows.append(
-            (
-                "unwind tables of a typical process set",
-                "-",
-                f"{t.get('files', 0)} files, {t.get('rows', 0)} rows, {t.get('pages', 0)} "
-                f"page entries, {t.get('bytes', 0) / 2**20:.2f} MiB",
-                "Kiln's own accounting after the comparison run: 16 B per row + "
-                "~80 B per page-index entry",
+        for label, t, how in (
+            ("whole host at 99 Hz", k99["tables"], "at the end of the 99 Hz whole-host run"),
+            ("burner comparison run", cmp["tables"], "after the comparison run"),
+        ):
+            rows.append(
+                (
+                    f"unwind table memory, {label}",
+                    "-",
+                    f"{t.get('files', 0)} files, {t.get('rows', 0)} rows, {t.get('pages', 0)} "
+                    f"page entries, {t.get('bytes', 0) / 2**20:.2f} MiB",
+                    f"Kiln's own accounting {how}: 16 B per row + ~80 B per page-index entry",
+                )
             )
-        )
     from tools.bench_symbolize import bench as bench_symbolize
     from tools.bench_unwind import bench as bench_unwind
 

@@ -43,6 +43,32 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
     raise AssertionError(f"never saw {marker!r}; stderr so far:\n{''.join(seen)}")
 
 
+def start_kiln(*args: str) -> subprocess.Popen[str]:
+    """`kiln record ARGS` in the background, returned once it is sampling."""
+    kiln = subprocess.Popen([*KILN, "record", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(kiln, "sampling at", 60)
+    except BaseException:
+        kiln.kill()
+        kiln.communicate()
+        raise
+    return kiln
+
+
+def stop_kiln(kiln: subprocess.Popen[str], sig: int = signal.SIGINT) -> str:
+    """End a recording like an operator would; its stderr, after checking it succeeded."""
+    kiln.send_signal(sig)
+    _, err = kiln.communicate(timeout=60)
+    assert kiln.returncode == 0, err
+    return err
+
+
+def read_pprof(path: Path) -> profile_pb2.Profile:
+    msg = profile_pb2.Profile()
+    msg.ParseFromString(gzip.decompress(path.read_bytes()))
+    return msg
+
+
 def record_burner(
     burner: Path | Sequence[str],
     out: Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import time
@@ -11,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from symbolizer.proto import profile_pb2
 from tests.bpf.recording import (
-    KILN,
     Recording,
     assert_shares,
     complete_fraction,
+    read_pprof,
     record_burner,
     stacks,
+    start_kiln,
+    stop_kiln,
 )
 from tests.conftest import FIXTURES, build_c
 
@@ -81,30 +81,19 @@ def test_distro_python_reaches_the_interpreter_main(tmp_path: Path) -> None:
         text=True,
     )
     assert py.stdin is not None and py.stdout is not None
-    assert py.stdout.readline().strip() == "ready"
-    kiln = subprocess.Popen(
-        [*KILN, "record", "-d", "60", "-F", "199", "-p", str(py.pid), "-o", str(out)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert kiln.stderr is not None
-        while "sampling at" not in kiln.stderr.readline():
-            pass
-        time.sleep(1.0)  # the interpreter's tables are built while it waits
+        assert py.stdout.readline().strip() == "ready"
+        kiln = start_kiln("-d", "60", "-F", "199", "-p", str(py.pid), "-o", str(out))
         py.stdin.write("go\n")
         py.stdin.flush()
         py.wait(timeout=30)
-        kiln.send_signal(2)
-        kiln.communicate(timeout=60)
+        stop_kiln(kiln)
     finally:
         py.kill()
         py.communicate()
-    msg = profile_pb2.Profile()
-    msg.ParseFromString(gzip.decompress(out.read_bytes()))
     total = reached = 0
-    for names, n, _ in stacks(msg):
-        if not any(name.endswith("_[k]") for name in names[:1]):
+    for names, n, _ in stacks(read_pprof(out)):
+        if not names[0].endswith("_[k]"):
             total += n
             if "Py_BytesMain" in names and "[truncated]" not in names:
                 reached += n
@@ -115,32 +104,19 @@ def test_distro_python_reaches_the_interpreter_main(tmp_path: Path) -> None:
 def test_storm_of_short_lived_processes_is_symbolized(builds: Path, tmp_path: Path) -> None:
     exe = build_c(builds, "shortlived.c", "shortlived", "-O2", "-fomit-frame-pointer")
     out = tmp_path / "storm.pb.gz"
-    kiln = subprocess.Popen(
-        [*KILN, "record", "-d", "120", "-F", "199", "--comm", "shortlived", "-o", str(out)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    kiln = start_kiln("-d", "120", "-F", "199", "--comm", "shortlived", "-o", str(out))
     try:
-        assert kiln.stderr is not None
-        while "sampling at" not in kiln.stderr.readline():
-            pass
         # 300 processes living 20-50 ms each, two at a time
         script = (
             f"for i in $(seq 150); do {exe} $((20 + i % 31)) & {exe} $((50 - i % 31)); wait; done"
         )
         subprocess.run(["bash", "-c", script], check=True, timeout=120)
         time.sleep(0.5)
-        kiln.send_signal(2)
-        _, err = kiln.communicate(timeout=60)
     finally:
-        if kiln.poll() is None:
-            kiln.kill()
-    assert kiln.returncode == 0, err
-    msg = profile_pb2.Profile()
-    msg.ParseFromString(gzip.decompress(out.read_bytes()))
+        stop_kiln(kiln)
     pids: set[str] = set()
     named = Counter[bool]()
-    for names, n, labels in stacks(msg):
+    for names, n, labels in stacks(read_pprof(out)):
         pids.add(labels["pid"])
         user = [x for x in names if not x.endswith("_[k]")]
         named[bool(user) and "+0x" not in user[0]] += n

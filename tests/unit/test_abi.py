@@ -6,26 +6,27 @@ import ctypes
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from profiler.bpf import abi
 
 
-def _c_layout(tmp_path: Path) -> dict[str, int]:
-    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "kiln.h"', "int main(void) {"]
-    for cname, mirror in abi.MIRRORS.items():
-        lines.append(f'printf("{cname} %zu\\n", sizeof(struct {cname}));')
-        for fname, *_ in mirror._fields_:
-            lines.append(f'printf("{cname}.{fname} %zu\\n", offsetof(struct {cname}, {fname}));')
-    for c in abi.Counter:
-        lines.append(f'printf("KILN_CTR_{c.name} %d\\n", (int)KILN_CTR_{c.name});')
-    for f in abi.Flag:
-        lines.append(f'printf("KILN_F_{f.name} %u\\n", KILN_F_{f.name});')
-    lines.append('printf("KILN_CTR_MAX %d\\n", (int)KILN_CTR_MAX);')
-    lines.append('printf("KILN_COMM_LEN %d\\n", KILN_COMM_LEN);')
-    for ev in ("NEW_KEY", "EXEC", "EXIT", "UNKNOWN_PC"):
-        lines.append(f'printf("KILN_EV_{ev} %u\\n", KILN_EV_{ev});')
-    lines.append('printf("KILN_MAX_STACK_DEPTH %d\\n", KILN_MAX_STACK_DEPTH);')
-    lines.append('printf("KILN_STACK_TRUNCATED %u\\n", KILN_STACK_TRUNCATED);')
-    for name in (
+def constants() -> dict[str, int]:
+    """Every constant of kiln.h, by its C name, with the value Python uses."""
+    out = {f"KILN_CTR_{c.name}": c.value for c in abi.Counter}
+    out |= {f"KILN_F_{f.name}": f.value for f in abi.Flag if f.name}
+    out |= {f"KILN_CFA_{c.name}": c.value for c in abi.CfaType}
+    out |= {f"KILN_RBP_{r.name}": r.value for r in abi.RbpType}
+    out |= {
+        f"KILN_EV_{e}": getattr(abi, f"EV_{e}") for e in ("NEW_KEY", "EXEC", "EXIT", "UNKNOWN_PC")
+    }
+    out |= {
+        "KILN_CTR_MAX": abi.COUNTER_MAX,
+        "KILN_COMM_LEN": abi.COMM_LEN,
+        "KILN_MAX_STACK_DEPTH": abi.MAX_STACK_DEPTH,
+        "KILN_STACK_TRUNCATED": abi.STACK_TRUNCATED,
+    }
+    names = (
         "PAGE_SHIFT",
         "FINE_SHIFT",
         "FINE_FILE_BIT",
@@ -33,16 +34,26 @@ def _c_layout(tmp_path: Path) -> dict[str, int]:
         "CHUNK_STEPS",
         "PAGE_SPLIT",
         "MAP_NO_TABLE",
-    ):
-        lines.append(f'printf("KILN_{name} %u\\n", (unsigned)KILN_{name});')
-    for c in abi.CfaType:
-        lines.append(f'printf("KILN_CFA_{c.name} %d\\n", KILN_CFA_{c.name});')
-    for r in abi.RbpType:
-        lines.append(f'printf("KILN_RBP_{r.name} %d\\n", KILN_RBP_{r.name});')
+    )
+    out |= {f"KILN_{n}": getattr(abi, n) for n in names}
+    return out
+
+
+@pytest.fixture(scope="module")
+def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Sizes, offsets and constants as the C compiler sees kiln.h."""
+    tmp = tmp_path_factory.mktemp("abi")
+    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "kiln.h"', "int main(void) {"]
+    for cname, mirror in abi.MIRRORS.items():
+        lines.append(f'printf("{cname} %zu\\n", sizeof(struct {cname}));')
+        for fname, *_ in mirror._fields_:
+            lines.append(f'printf("{cname}.{fname} %zu\\n", offsetof(struct {cname}, {fname}));')
+    for name in constants():
+        lines.append(f'printf("{name} %llu\\n", (unsigned long long){name});')
     lines.append("return 0; }")
-    src = tmp_path / "layout.c"
+    src = tmp / "layout.c"
     src.write_text("\n".join(lines))
-    exe = tmp_path / "layout"
+    exe = tmp / "layout"
     subprocess.run(
         ["gcc", "-D__KILN_USERSPACE__", f"-I{abi.BPF_DIR}", str(src), "-o", str(exe)], check=True
     )
@@ -50,51 +61,36 @@ def _c_layout(tmp_path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-def test_struct_sizes_and_offsets_match_header(tmp_path: Path) -> None:
-    c = _c_layout(tmp_path)
+def test_struct_sizes_and_offsets_match_header(c_layout: dict[str, int]) -> None:
     for cname, mirror in abi.MIRRORS.items():
-        assert c[cname] == ctypes.sizeof(mirror), cname
+        assert c_layout[cname] == ctypes.sizeof(mirror), cname
         for fname, *_ in mirror._fields_:
-            assert c[f"{cname}.{fname}"] == getattr(mirror, fname).offset, f"{cname}.{fname}"
+            assert c_layout[f"{cname}.{fname}"] == getattr(mirror, fname).offset, f"{cname}.{fname}"
 
 
-def test_constants_match_header(tmp_path: Path) -> None:
-    c = _c_layout(tmp_path)
-    for ctr in abi.Counter:
-        assert c[f"KILN_CTR_{ctr.name}"] == ctr.value
-    for f in abi.Flag:
-        assert c[f"KILN_F_{f.name}"] == f.value
-    assert c["KILN_CTR_MAX"] == abi.COUNTER_MAX == len(abi.Counter)
-    assert c["KILN_COMM_LEN"] == abi.COMM_LEN
-    for ev in ("NEW_KEY", "EXEC", "EXIT", "UNKNOWN_PC"):
-        assert c[f"KILN_EV_{ev}"] == getattr(abi, f"EV_{ev}")
-    assert c["KILN_MAX_STACK_DEPTH"] == abi.MAX_STACK_DEPTH
-    assert c["KILN_STACK_TRUNCATED"] == abi.STACK_TRUNCATED
-    for name in (
-        "PAGE_SHIFT",
-        "FINE_SHIFT",
-        "FINE_FILE_BIT",
-        "CHUNK_ROWS",
-        "CHUNK_STEPS",
-        "PAGE_SPLIT",
-        "MAP_NO_TABLE",
-    ):
-        assert c[f"KILN_{name}"] == getattr(abi, name), name
+def test_constants_match_header(c_layout: dict[str, int]) -> None:
+    for name, value in constants().items():
+        assert c_layout[name] == value, name
+    assert len(abi.Counter) == abi.COUNTER_MAX
     assert 1 << abi.CHUNK_STEPS == abi.CHUNK_ROWS
-    for ct in abi.CfaType:
-        assert c[f"KILN_CFA_{ct.name}"] == ct.value
-    for r in abi.RbpType:
-        assert c[f"KILN_RBP_{r.name}"] == r.value
 
 
 def test_numpy_dtypes_follow_the_mirror() -> None:
-    from profiler.bpf.loader import KEY_DTYPE, VALUE_DTYPE
+    flat = [
+        m
+        for m in abi.MIRRORS.values()
+        if not any(issubclass(t, ctypes.Structure) for _, t, *_ in m._fields_)
+    ]
+    assert abi.SampleKey in flat and abi.UnwindRow in flat
+    for mirror in flat:
+        dt = abi.numpy_dtype(mirror)
+        assert dt.itemsize == ctypes.sizeof(mirror)
+        assert dt.fields is not None
+        for name, (_, offset) in dt.fields.items():
+            assert offset == getattr(mirror, name).offset, name
 
-    assert KEY_DTYPE.itemsize == ctypes.sizeof(abi.SampleKey)
-    assert VALUE_DTYPE.itemsize == ctypes.sizeof(abi.SampleValue)
-    for name in KEY_DTYPE.names or ():
-        assert KEY_DTYPE.fields is not None
-        assert KEY_DTYPE.fields[name][1] == getattr(abi.SampleKey, name).offset, name
-    for name in VALUE_DTYPE.names or ():
-        assert VALUE_DTYPE.fields is not None
-        assert VALUE_DTYPE.fields[name][1] == getattr(abi.SampleValue, name).offset, name
+
+def test_header_is_the_one_the_program_includes() -> None:
+    program = (abi.BPF_DIR / "cpu_sample.bpf.c").read_text()
+    assert '#include "kiln.h"' in program
+    assert Path(abi.HEADER).is_file()
