@@ -2,8 +2,9 @@
 
 Tables are built only for executable mappings of processes being sampled,
 once per file (shared by every process mapping it), placed in one global
-rows array by a first-fit allocator, and evicted when no process uses them
-or when the rows budget needs the room. Each process gets LPM-trie entries
+rows array by a first-fit allocator, and evicted once no process has used
+them for `keep_unused_s` (the same binaries are often started again), or
+sooner when the memory cap needs the room. Each process gets LPM-trie entries
 (pid + address prefix → file id and load bias) for its executable mappings;
 a mapping whose table cannot be built is entered as NO_TABLE so the BPF
 program walks it by frame pointers instead of guessing.
@@ -14,6 +15,7 @@ so this is tested without root against an in-memory map.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -56,8 +58,6 @@ def open_mapping(pid: int, entry: MapEntry, proc_root: str = "/proc") -> BinaryI
         try:
             with open(f"{proc_root}/{pid}/mem", "rb") as mem:
                 mem.seek(entry.start)
-                import io
-
                 return io.BytesIO(mem.read(entry.end - entry.start))
         except (OSError, ValueError, OverflowError):
             return None

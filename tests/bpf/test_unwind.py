@@ -124,3 +124,18 @@ def test_storm_of_short_lived_processes_is_symbolized(builds: Path, tmp_path: Pa
     assert len(pids) >= 100, f"only {len(pids)} processes sampled"
     assert total > 300, total
     assert named[True] / total >= 0.95, f"{named[True]}/{total} samples symbolized"
+
+
+def test_stacks_through_the_vdso_are_complete(builds: Path, tmp_path: Path) -> None:
+    exe = build_c(builds, "vdso_spin.c", "vdso_spin", "-O2", "-fomit-frame-pointer")
+    rec = record_burner(exe, tmp_path / "vdso.pb.gz", "-F", "499", seconds=4.0)
+    assert rec.returncode == 0, rec.stderr
+    in_vdso = complete = 0
+    for names, n, _ in stacks(rec.message):
+        user = [x for x in names if not x.endswith("_[k]")]
+        if user and "vdso" in user[0].lower():
+            in_vdso += n
+            if "read_clock_often" in user and "main" in user and "[truncated]" not in user:
+                complete += n
+    assert in_vdso > 100, f"only {in_vdso} samples in the vDSO"
+    assert complete / in_vdso >= 0.99, f"{complete}/{in_vdso} vDSO stacks complete"
