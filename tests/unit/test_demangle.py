@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 from symbolizer.demangle import demangle
 from symbolizer.elf import read_symbols
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, skip_outside_ci
 
 
 @pytest.fixture(scope="module")
 def cxx_names(fixture_build_dir: Path) -> list[str]:
     gxx = shutil.which("g++")
     if gxx is None:
-        pytest.skip("g++ not installed")
+        skip_outside_ci("g++ not installed")
     out = fixture_build_dir / "libdemangle_cxx.so"
     subprocess.run(
         [gxx, "-O2", "-shared", "-fPIC", str(FIXTURES / "demangle_cxx.cpp"), "-o", str(out)],

@@ -37,6 +37,7 @@ from symbolizer.native import (
     NativeSymbolizer,
 )
 from symbolizer.perfmap import PerfMap, parse_perf_map
+from tests.conftest import skip_outside_ci
 
 ODD = (
     b"7f0000001000 20 py::f:/srv/my app/main.py\n"  # a name with spaces
@@ -273,7 +274,7 @@ def _perf_python() -> str | None:
 def perf_python() -> str:
     python = _perf_python()
     if python is None:
-        pytest.skip("no Python >= 3.12 built with perf trampoline support")
+        skip_outside_ci("no Python >= 3.12 built with perf trampoline support")
     return python
 
 

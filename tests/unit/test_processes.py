@@ -15,6 +15,7 @@ import pytest
 
 from profiler.processes import COUNTER_NAMES, ProcessTable
 from profiler.procfs import PF_KTHREAD, parse_maps, parse_stat
+from tests.conftest import skip_outside_ci
 
 ID = "4f3b9e2d1c0a8b7f6e5d4c3b2a19081726354453627180f9e8d7c6b5a4938271"
 SECOND = 1_000_000_000
@@ -638,7 +639,7 @@ def test_real_default_build_id_reader(sleeper: subprocess.Popen[bytes]) -> None:
 def test_real_kernel_thread() -> None:
     with open("/proc/2/stat") as f:
         if not parse_stat(f.read()).is_kernel_thread:
-            pytest.skip("pid 2 is not kthreadd here (pid namespace)")
+            skip_outside_ci("pid 2 is not kthreadd here (pid namespace)")
     table = ProcessTable(build_id_reader=CountingReader())
     info = table.observe(2)
     assert info is not None and info.kernel_thread and info.exe == "" and info.maps == ()
