@@ -105,10 +105,6 @@ class UnwindWorker:
             self._pending.add(item)
         self._queue.put(item)
 
-    def drain(self) -> None:
-        """Wait until everything queued so far is done (tests, shutdown)."""
-        self._queue.join()
-
     def _run(self) -> None:
         while True:
             op, pid = self._queue.get()

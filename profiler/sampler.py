@@ -111,9 +111,6 @@ class Sampler:
     def poll(self, timeout_ms: int) -> None:
         self.backend.poll_events(timeout_ms)
 
-    def bpf_counters(self) -> dict[abi.Counter, int]:
-        return self.backend.counters()
-
     def close_window(self) -> Window:
         """Flip halves and return everything the old half collected."""
         old = self._half

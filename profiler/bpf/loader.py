@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -289,16 +288,6 @@ class BccBackend:
         else:
             with contextlib.suppress(KeyError):
                 del table[ctypes.c_uint32(pid)]
-
-    def prog_stats(self) -> tuple[int, int]:
-        """(run time ns, run count) of the sampling program, from the kernel's
-        BPF stats (kernel.bpf_stats_enabled must be 1 for them to grow)."""
-        fd = self._bpf.funcs[b"on_cpu_sample"].fd if b"on_cpu_sample" in self._bpf.funcs else -1
-        if fd < 0:
-            return (0, 0)
-        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-        return int(fields.get("run_time_ns", "0")), int(fields.get("run_cnt", "0"))
 
     # -- introspection for tests -------------------------------------------
 
