@@ -219,22 +219,31 @@ static __always_inline int find_row(u32 pid, u64 pc, struct kiln_unwind_row *out
 	return FIND_OK;
 }
 
+/* A zeroed ring-buffer record of `type` for `pid`, or NULL (counted) when full. */
+static __always_inline struct kiln_event *new_event(u32 type, u32 pid, u64 now)
+{
+	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
+	if (!ev) {
+		count(KILN_CTR_EVENTS_LOST);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->ts_ns = now;
+	ev->key.pid = pid;
+	return ev;
+}
+
 static __always_inline void unknown_pc(u32 pid, u64 pc, u64 now)
 {
 	u64 *last = unknown_pc_sent.lookup(&pid);
 	if (last && now - *last < 1000000000ull)
 		return;
 	unknown_pc_sent.update(&pid, &now);
-	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
-	if (!ev) {
-		count(KILN_CTR_EVENTS_LOST);
+	struct kiln_event *ev = new_event(KILN_EV_UNKNOWN_PC, pid, now);
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = KILN_EV_UNKNOWN_PC;
-	ev->ts_ns = now;
 	ev->pc = pc;
-	ev->key.pid = pid;
 	events.ringbuf_submit(ev, 0);
 }
 
@@ -346,14 +355,10 @@ static __always_inline void record(struct kiln_sample_key *key, u32 half, u64 no
 		count(KILN_CTR_COUNTS_FULL);
 		return;
 	}
-	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
-	if (!ev) {
-		count(KILN_CTR_EVENTS_LOST);
+	struct kiln_event *ev = new_event(KILN_EV_NEW_KEY, key->pid, now);
+	if (!ev)
 		return;
-	}
-	ev->type = KILN_EV_NEW_KEY;
 	ev->half = half;
-	ev->ts_ns = now;
 	__builtin_memcpy(&ev->key, key, sizeof(*key));
 	events.ringbuf_submit(ev, 0);
 }
@@ -453,15 +458,9 @@ static __always_inline void lifecycle_event(u32 type, u32 pid)
 		return;
 	if ((cfg->flags & KILN_F_FILTER_PIDS) && !pid_filter.lookup(&pid))
 		return;
-	struct kiln_event *ev = events.ringbuf_reserve(sizeof(struct kiln_event));
-	if (!ev) {
-		count(KILN_CTR_EVENTS_LOST);
+	struct kiln_event *ev = new_event(type, pid, bpf_ktime_get_ns());
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = type;
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->key.pid = pid;
 	bpf_get_current_comm(ev->key.comm, sizeof(ev->key.comm));
 	events.ringbuf_submit(ev, 0);
 }

@@ -89,7 +89,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             )
 
     try:
-        with stop.installed():
+        with stop:
             recorder.start()
             profile = recorder.record(
                 args.duration, window_s=args.window, should_stop=stop.is_set, on_progress=progress
@@ -146,9 +146,6 @@ class _StopFlag:
 
     def _handler(self, signum: int, _frame: FrameType | None) -> None:
         self._set = True
-
-    def installed(self) -> _StopFlag:
-        return self
 
     def __enter__(self) -> None:
         self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from profiler.bpf import abi
-from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend
+from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend, UnwindMaps
 from profiler.process_watcher import EventPump, ProcessWatcher, SharedProcesses, UnwindWorker
 from profiler.processes import ProcessInfo, ProcessTable
 from profiler.procfs import MapEntry
 from profiler.sampler import Sampler, SamplerOptions, Window
 from profiler.unwind_tables import UnwindTables
-from symbolizer.aggregate import RawSample, build_profile
+from symbolizer.aggregate import RawSample, build_profile, default_labels
 from symbolizer.kallsyms import KernelSymbolizer
 from symbolizer.native import NativeSymbolizer
 from symbolizer.profile import Frame, FrameKind, Profile
@@ -56,12 +56,12 @@ class Recorder:
         self.kernel = KernelSymbolizer()
         self.stats = RecordStats()
         self._wall_offset = time.time_ns() - time.monotonic_ns()
+        sizes = sizes or MapSizes()
         self.backend = backend or BccBackend(sizes)
         self.unwind: UnwindWorker | None = None
-        if unwind and isinstance(self.backend, BccBackend):
-            sz = self.backend.sizes
+        if unwind and isinstance(self.backend, UnwindMaps):
             tables = UnwindTables(
-                self.backend, capacity_rows=sz.unwind_rows, capacity_pages=sz.unwind_pages
+                self.backend, capacity_rows=sizes.unwind_rows, capacity_pages=sizes.unwind_pages
             )
             self.unwind = UnwindWorker(tables, self.processes)
         self.watcher = ProcessWatcher(self.processes, self.unwind)
@@ -107,7 +107,7 @@ class Recorder:
 
     def _labels(self, s: RawSample) -> list[tuple[str, str]]:
         info: ProcessInfo | None = self.processes.get(s.pid)
-        labels = [("pid", str(s.pid)), ("tid", str(s.tid)), ("comm", s.comm), ("cpu", str(s.cpu))]
+        labels = default_labels(s)
         if info is not None:
             labels.append(("container", info.container_id))
             labels.append(("exe", info.exe))

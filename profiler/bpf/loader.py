@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class MapSizes:
 EventHandler = Callable[[abi.Event], None]
 
 
+@runtime_checkable
 class UnwindMaps(Protocol):
     """The BPF maps that hold unwind tables (see kiln.h)."""
 
