@@ -41,12 +41,17 @@
 #define KILN_PID_FILTER_ENTRIES 4096
 #endif
 
+#ifndef KILN_PY_MAX_THREADS
+#define KILN_PY_MAX_THREADS 64
+#endif
+
 #define SCRATCH_USER 0
 #define SCRATCH_KERNEL 1
+#define SCRATCH_PYTHON 2
 
 BPF_ARRAY(config, struct kiln_config, 1);
 BPF_PERCPU_ARRAY(counters, u64, KILN_CTR_MAX);
-BPF_PERCPU_ARRAY(scratch, struct kiln_stack, 2);
+BPF_PERCPU_ARRAY(scratch, struct kiln_stack, 3);
 BPF_HASH(pid_filter, u32, u8, KILN_PID_FILTER_ENTRIES);
 BPF_HASH(comm_filter, struct kiln_comm, u8, 64);
 BPF_HASH(counts0, struct kiln_sample_key, struct kiln_sample_value, KILN_COUNT_ENTRIES);
@@ -64,6 +69,9 @@ BPF_LPM_TRIE(unwind_mappings, struct kiln_mapping_key, struct kiln_mapping_val, 
 BPF_HASH(tracked, u32, u8, KILN_PID_FILTER_ENTRIES);
 /* At most one UNKNOWN_PC event per process per second. */
 BPF_TABLE("lru_hash", u32, u64, unknown_pc_sent, 4096);
+/* CPython processes and how to read them (see kiln.h). */
+BPF_HASH(py_procs, u32, struct kiln_py_proc, KILN_PID_FILTER_ENTRIES);
+BPF_TABLE("lru_hash", u64, struct kiln_py_thread, py_threads, 16384);
 
 static __always_inline void count(u32 idx)
 {
@@ -334,6 +342,165 @@ static __always_inline u64 user_stack(u32 pid, u64 *leaf_caller_out)
 	return stack_hash(st);
 }
 
+/* ---- Python stacks ------------------------------------------------------ */
+
+static __always_inline int read_u64(u64 *out, u64 addr)
+{
+	return bpf_probe_read_user(out, sizeof(*out), (void *)addr);
+}
+
+/* pthread_self() of the current thread: its fs base on x86-64 (glibc and
+ * musl). The offset of task_struct.thread.fsbase comes from the running
+ * kernel's BTF; without it, pre-3.11 threads cannot be matched. */
+static __always_inline u64 current_fs_base(void)
+{
+#ifdef KILN_TASK_FSBASE_OFFSET
+	u64 fs = 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bpf_probe_read_kernel(&fs, sizeof(fs), (u8 *)task + KILN_TASK_FSBASE_OFFSET);
+	return fs;
+#else
+	return 0;
+#endif
+}
+
+/* The sampled thread's PyThreadState, 0 if it has none. A hit in the
+ * py_threads cache is checked (its id field must still match) before use.
+ * A miss is remembered for 10 ms, so a thread that never runs Python costs
+ * a walk of the thread list at most that often, while a new thread (whose
+ * id CPython fills in only once it runs) is found almost at once. */
+static __always_inline u64 find_tstate(struct kiln_py_proc *pp, u32 pid, u32 tid, u64 now)
+{
+	u64 want = 0, id = 0;
+	u32 id_off;
+	if (pp->tstate_native_thread_id != KILN_PY_ABSENT) {
+		want = tid;
+		id_off = pp->tstate_native_thread_id;
+	} else {
+		want = current_fs_base();
+		id_off = pp->tstate_thread_id;
+		if (!want)
+			return 0;
+	}
+	u64 key = ((u64)pid << 32) | tid;
+	struct kiln_py_thread *cached = py_threads.lookup(&key);
+	if (cached) {
+		u64 ts = cached->tstate;
+		if (ts && read_u64(&id, ts + id_off) == 0 && id == want)
+			return ts;
+		if (!ts && now - cached->checked_ns < 10000000ull)
+			return 0;
+	}
+	u64 interp = 0, ts = 0, found = 0;
+	if (read_u64(&interp, pp->runtime + pp->runtime_interpreters_head) != 0 || !interp)
+		return 0;
+	if (read_u64(&ts, interp + pp->interp_tstate_head) != 0)
+		return 0;
+	for (int i = 0; i < KILN_PY_MAX_THREADS; i++) {
+		if (!ts)
+			break;
+		if (read_u64(&id, ts + id_off) != 0)
+			break;
+		if (id == want) {
+			found = ts;
+			break;
+		}
+		if (read_u64(&ts, ts + pp->tstate_next) != 0)
+			break;
+	}
+	struct kiln_py_thread v = {.tstate = found, .checked_ns = now};
+	py_threads.update(&key, &v);
+	return found;
+}
+
+/* The instruction a frame is at, in code units, or KILN_PY_NO_INSTR. */
+static __always_inline u64 frame_instr(struct kiln_py_proc *pp, u64 frame, u64 code)
+{
+	u64 units = KILN_PY_NO_INSTR;
+	if (pp->instr_kind == KILN_PY_INSTR_POINTER) {
+		u64 ip = 0, first = code + pp->code_bytecode;
+		if (read_u64(&ip, frame + pp->frame_instr) == 0 && ip >= first)
+			units = (ip - first) / 2;
+	} else {
+		s32 lasti = -1;
+		if (bpf_probe_read_user(&lasti, sizeof(lasti), (void *)(frame + pp->frame_instr)) == 0 &&
+		    lasti >= 0)
+			units = pp->instr_kind == KILN_PY_LASTI_BYTES ? lasti / 2 : lasti;
+	}
+	return units > KILN_PY_INSTR_MASK ? KILN_PY_NO_INSTR : units;
+}
+
+/* Walk the thread's Python frames into the Python scratch slot; return the
+ * stack's hash, 0 for none (not Python, no frame now, or bad memory: then
+ * the sample keeps its native frames only). */
+static __always_inline u64 python_stack(u32 pid, u32 tid, u64 now)
+{
+	struct kiln_py_proc *pp = py_procs.lookup(&pid);
+	if (!pp)
+		return 0;
+	u64 ts = find_tstate(pp, pid, tid, now);
+	if (!ts) {
+		count(KILN_CTR_PY_NO_THREAD);
+		return 0;
+	}
+	u32 slot = SCRATCH_PYTHON;
+	struct kiln_stack *st = scratch.lookup(&slot);
+	if (!st)
+		return 0;
+	u64 frame = 0, code = 0, back = 0, type = 0;
+	if (read_u64(&frame, ts + pp->tstate_frame) != 0)
+		goto bad;
+	if (frame && pp->cframe_current_frame != KILN_PY_ABSENT &&
+	    read_u64(&frame, frame + pp->cframe_current_frame) != 0)
+		goto bad;
+	if (!frame)
+		return 0; /* the thread is not running Python code now */
+	u32 n = 0;
+	for (int i = 0; i < KILN_MAX_STACK_DEPTH; i++) {
+		if (!frame)
+			break;
+		if (read_u64(&code, frame + pp->frame_code) != 0 ||
+		    read_u64(&back, frame + pp->frame_back) != 0)
+			goto bad;
+		u8 owner = 0;
+		if (pp->frame_owner != KILN_PY_ABSENT &&
+		    bpf_probe_read_user(&owner, 1, (void *)(frame + pp->frame_owner)) != 0)
+			goto bad;
+		if (pp->frame_owner != KILN_PY_ABSENT && owner == pp->owner_cstack) {
+			/* The shim an eval loop call starts with (3.12+): a 0 entry
+			 * tells user space the frame before was that call's first.
+			 * Every iteration writes one slot, so the verifier sees one
+			 * n per iteration rather than every count of skipped shims. */
+			st->ips[i] = 0;
+		} else {
+			if (read_u64(&type, code + 8) != 0 || type != pp->code_type)
+				goto bad; /* not a code object: freed or reused memory */
+			u64 entry = 0;
+			if (pp->version < 0x030b) {
+				entry = KILN_PY_ENTRY; /* one eval loop call per frame */
+			} else if (pp->frame_is_entry != KILN_PY_ABSENT) {
+				u8 e = 0;
+				if (bpf_probe_read_user(&e, 1, (void *)(frame + pp->frame_is_entry)) != 0)
+					goto bad;
+				entry = e ? KILN_PY_ENTRY : 0;
+			}
+			st->ips[i] = ((code >> 3) & ((1ull << KILN_PY_CODE_BITS) - 1)) |
+				     (frame_instr(pp, frame, code) << KILN_PY_CODE_BITS) | entry;
+		}
+		n = i + 1;
+		frame = back;
+	}
+	if (n == 0)
+		return 0;
+	st->len = n;
+	st->flags = frame ? KILN_STACK_TRUNCATED : 0;
+	count(KILN_CTR_PY_STACKS);
+	return stack_hash(st);
+bad:
+	count(KILN_CTR_PY_READ_ERR);
+	return 0;
+}
+
 /* Result of inserting a stack: already there is fine, full is a loss. */
 static __always_inline int stored(int err)
 {
@@ -365,7 +532,7 @@ static __always_inline void record(struct kiln_sample_key *key, u32 half, u64 no
 
 int on_cpu_sample(struct bpf_perf_event_data *ctx)
 {
-	u32 zero = 0, user_slot = SCRATCH_USER, kernel_slot = SCRATCH_KERNEL;
+	u32 zero = 0, user_slot = SCRATCH_USER, kernel_slot = SCRATCH_KERNEL, py_slot = SCRATCH_PYTHON;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 pid = id >> 32;
 	struct kiln_config *cfg = config.lookup(&zero);
@@ -403,13 +570,15 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 		key.ustack = user_stack(pid, &key.leaf_caller);
 		if (key.leaf_caller)
 			count(KILN_CTR_LEAF_FIXED);
+		key.pystack = python_stack(pid, key.tid, bpf_ktime_get_ns());
 	}
 	if (flags & KILN_F_KERNEL_STACKS)
 		key.kstack = kernel_stack(ctx);
 
 	struct kiln_stack *ust = scratch.lookup(&user_slot);
 	struct kiln_stack *kst = scratch.lookup(&kernel_slot);
-	if (!ust || !kst)
+	struct kiln_stack *pst = scratch.lookup(&py_slot);
+	if (!ust || !kst || !pst)
 		return 0;
 	u64 now = bpf_ktime_get_ns();
 	struct kiln_sample_value init = {.count = 1, .first_ns = now, .last_ns = now};
@@ -422,6 +591,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 			key.ustack = 0;
 		if (key.kstack && stored(stacks0.insert(&key.kstack, kst)) != 0)
 			key.kstack = 0;
+		if (key.pystack && stored(stacks0.insert(&key.pystack, pst)) != 0)
+			key.pystack = 0;
 		v = counts0.lookup(&key);
 		if (!v) {
 			inserted = counts0.insert(&key, &init);
@@ -435,6 +606,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 			key.ustack = 0;
 		if (key.kstack && stored(stacks1.insert(&key.kstack, kst)) != 0)
 			key.kstack = 0;
+		if (key.pystack && stored(stacks1.insert(&key.pystack, pst)) != 0)
+			key.pystack = 0;
 		v = counts1.lookup(&key);
 		if (!v) {
 			inserted = counts1.insert(&key, &init);
@@ -467,14 +640,19 @@ static __always_inline void lifecycle_event(u32 type, u32 pid)
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-	lifecycle_event(KILN_EV_EXEC, bpf_get_current_pid_tgid() >> 32);
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	py_procs.delete(&pid); /* a new image: user space looks for Python again */
+	lifecycle_event(KILN_EV_EXEC, pid);
 	return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	if ((u32)id == id >> 32) /* the thread group leader: the process */
-		lifecycle_event(KILN_EV_EXIT, id >> 32);
+	u32 pid = id >> 32;
+	if ((u32)id == pid) { /* the thread group leader: the process */
+		py_procs.delete(&pid);
+		lifecycle_event(KILN_EV_EXIT, pid);
+	}
 	return 0;
 }

@@ -34,7 +34,10 @@ enum kiln_counter {
 	KILN_CTR_FRAMES_FP = 10,    /* user frames unwound by frame pointer (no table) */
 	KILN_CTR_TRUNCATED = 11,    /* user stacks cut before their outermost frame */
 	KILN_CTR_UNKNOWN_PC = 12,   /* pc outside every known mapping of a tracked process */
-	KILN_CTR_MAX = 13,
+	KILN_CTR_PY_STACKS = 13,    /* samples with a Python stack walked */
+	KILN_CTR_PY_NO_THREAD = 14, /* Python process, but no thread state for the sampled thread */
+	KILN_CTR_PY_READ_ERR = 15,  /* Python walk hit unreadable or implausible memory */
+	KILN_CTR_MAX = 16,
 };
 
 /* config[0].flags */
@@ -62,6 +65,7 @@ struct kiln_sample_key {
 	__u64 ustack; /* hash of the user stack in stacksN, 0: none */
 	__u64 cgroup_id;
 	__u64 leaf_caller; /* return address read at [sp] when the leaf had no frame yet, else 0 */
+	__u64 pystack; /* hash of the Python stack in stacksN, 0: none */
 	char comm[KILN_COMM_LEN];
 };
 
@@ -162,17 +166,73 @@ struct kiln_mapping_val {
 	__u64 bias;  /* ELF vaddr = runtime pc - bias */
 };
 
+/* ---- Python stacks ----------------------------------------------------
+ *
+ * User space finds CPython in a process (symbolizer/interpreters/cpython.py)
+ * and writes one kiln_py_proc per process into `py_procs`. At a sample the
+ * program finds the thread's PyThreadState (by kernel tid from 3.11, by
+ * pthread_self() = the thread's fs base before) and walks its frames, leaf
+ * first, into a kiln_stack whose ips are packed frames:
+ *   bits 0-43  code object address >> 3 (objects are 8-byte aligned)
+ *   bits 44-62 instruction offset in 2-byte code units (KILN_PY_NO_INSTR: unknown)
+ *   bit 63     the frame is the first one its C eval loop call ran
+ * A 0 is an eval loop call's entry shim (3.12+): the frame before it was
+ * that call's first.
+ * User space reads the code objects and merges the frames into the native
+ * stack in place of the eval-loop frames.
+ */
+#define KILN_PY_ABSENT 0xffffu /* an offset this version does not have */
+#define KILN_PY_CODE_BITS 44
+#define KILN_PY_INSTR_MASK 0x7ffffull
+#define KILN_PY_NO_INSTR 0x7ffffull
+#define KILN_PY_ENTRY (1ull << 63)
+
+/* How a frame records its instruction (symbolizer.interpreters.cpython INSTR_*). */
+#define KILN_PY_LASTI_BYTES 0
+#define KILN_PY_LASTI_UNITS 1
+#define KILN_PY_INSTR_POINTER 2
+
+struct kiln_py_proc {
+	__u64 runtime;   /* &_PyRuntime in the process */
+	__u64 code_type; /* &PyCode_Type: every frame's code object must have it */
+	__u16 version;   /* major << 8 | minor */
+	__u16 runtime_interpreters_head;
+	__u16 interp_tstate_head;
+	__u16 tstate_next;
+	__u16 tstate_native_thread_id; /* KILN_PY_ABSENT: match tstate_thread_id to fs base */
+	__u16 tstate_thread_id;
+	__u16 tstate_frame;
+	__u16 cframe_current_frame; /* KILN_PY_ABSENT: tstate_frame is the frame itself */
+	__u16 frame_back;
+	__u16 frame_code;
+	__u16 frame_instr;
+	__u16 frame_owner;    /* KILN_PY_ABSENT before 3.11 */
+	__u16 frame_is_entry; /* 3.11 only */
+	__u16 code_bytecode;  /* KILN_PY_INSTR_POINTER: offset of the first instruction */
+	__u8 instr_kind;      /* KILN_PY_LASTI_* / KILN_PY_INSTR_POINTER */
+	__u8 owner_cstack;    /* owner value of an eval loop's entry shim (3.12+), else 0xff */
+	__u8 _pad[2];
+};
+
+/* Cached thread state of one thread (`py_threads`, keyed by pid << 32 | tid). */
+struct kiln_py_thread {
+	__u64 tstate;     /* 0: the thread had none when last looked for */
+	__u64 checked_ns; /* when a miss was recorded; misses are retried after 10 ms */
+};
+
 #ifdef __KILN_USERSPACE__
+_Static_assert(sizeof(struct kiln_py_proc) == 48, "kiln_py_proc size");
+_Static_assert(sizeof(struct kiln_py_thread) == 16, "kiln_py_thread size");
 _Static_assert(sizeof(struct kiln_unwind_row) == 16, "kiln_unwind_row size");
 _Static_assert(sizeof(struct kiln_page_key) == 8, "kiln_page_key size");
 _Static_assert(sizeof(struct kiln_page_val) == 8, "kiln_page_val size");
 _Static_assert(sizeof(struct kiln_mapping_key) == 16, "kiln_mapping_key size");
 _Static_assert(sizeof(struct kiln_mapping_val) == 16, "kiln_mapping_val size");
 _Static_assert(sizeof(struct kiln_config) == 8, "kiln_config size");
-_Static_assert(sizeof(struct kiln_sample_key) == 64, "kiln_sample_key size");
+_Static_assert(sizeof(struct kiln_sample_key) == 72, "kiln_sample_key size");
 _Static_assert(sizeof(struct kiln_stack) == 1024, "kiln_stack size");
 _Static_assert(sizeof(struct kiln_sample_value) == 24, "kiln_sample_value size");
-_Static_assert(sizeof(struct kiln_event) == 88, "kiln_event size");
+_Static_assert(sizeof(struct kiln_event) == 96, "kiln_event size");
 #endif
 
 #endif /* KILN_H */

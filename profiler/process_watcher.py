@@ -2,9 +2,10 @@
 
 Two background threads serve the recorder: the event pump drains the BPF
 ring buffer as soon as records arrive (so a process that lives 20 ms is
-read from /proc while it is alive), and the unwind worker builds and loads
-unwind tables, which can take a while for a big binary, without holding up
-either the events or the windows.
+read from /proc while it is alive), and the unwind worker sets up each
+sampled process -- builds and loads its unwind tables, which can take a
+while for a big binary, and looks for a Python interpreter -- without
+holding up either the events or the windows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 from profiler.bpf import abi
 from profiler.processes import ProcessInfo, ProcessTable
+from profiler.python_procs import PythonProcesses
 from profiler.unwind_tables import UnwindTables
 
 log = logging.getLogger("kiln.watcher")
@@ -73,11 +75,20 @@ _STOP = "stop"
 
 
 class UnwindWorker:
-    """Loads unwind tables for processes in its own thread."""
+    """Sets up sampled processes in its own thread: unwind tables, Python."""
 
-    def __init__(self, tables: UnwindTables, processes: SharedProcesses) -> None:
+    def __init__(
+        self,
+        tables: UnwindTables | None,
+        processes: SharedProcesses,
+        python: PythonProcesses | None = None,
+    ) -> None:
         self.tables = tables
         self.processes = processes
+        self.python = python
+        # Kiln itself maps LLVM (through BCC): ~1M rows and seconds of CPU for
+        # stacks of our own that frame pointers describe well enough.
+        self.skip_tables = {os.getpid()}
         self._queue: queue.Queue[tuple[str, int]] = queue.Queue()
         self._pending: set[tuple[str, int]] = set()
         self._pending_lock = threading.Lock()
@@ -94,6 +105,10 @@ class UnwindWorker:
 
     def sync(self, pid: int) -> None:
         self._put((_SYNC, pid))
+
+    def setup(self, pid: int) -> None:
+        """Set a process up now, on the caller's thread (before sampling starts)."""
+        self._handle(_SYNC, pid)
 
     def remove(self, pid: int) -> None:
         self._put((_REMOVE, pid))
@@ -122,12 +137,18 @@ class UnwindWorker:
             if op == _SYNC:
                 info = self.processes.get(pid)
                 if info is not None and info.maps:
-                    self.tables.sync_process(pid, info.maps)
+                    if self.tables is not None and pid not in self.skip_tables:
+                        self.tables.sync_process(pid, info.maps)
+                    if self.python is not None:
+                        self.python.sync(pid, info.maps)
             else:
-                self.tables.remove_process(pid)
+                if self.tables is not None:
+                    self.tables.remove_process(pid)
+                if self.python is not None:
+                    self.python.remove(pid)
         except Exception:  # one bad binary must not stop unwinding for the rest
             self.errors += 1
-            log.exception("unwind tables for pid %d failed", pid)
+            log.exception("process setup for pid %d failed", pid)
 
 
 class ProcessWatcher:
@@ -142,9 +163,6 @@ class ProcessWatcher:
         self.processes = processes
         self.unwind = unwind
         self._unwound: set[int] = set()  # pids whose tables were asked for
-        # Kiln itself maps LLVM (through BCC): ~1M rows and seconds of CPU for
-        # stacks of our own that frame pointers describe well enough.
-        self._skip = {os.getpid()}
         self.counters: dict[str, int] = {"exec": 0, "exit": 0, "unknown_pc": 0, "new_process": 0}
 
     def __call__(self, ev: abi.Event) -> None:
@@ -175,8 +193,6 @@ class ProcessWatcher:
 
     def _sync(self, pid: int, *, first: bool) -> None:
         if self.unwind is None:
-            return
-        if pid in self._skip:
             return
         if first and pid not in self._unwound:
             self._unwound.add(pid)

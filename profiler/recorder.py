@@ -16,16 +16,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from profiler.bpf import abi
-from profiler.bpf.loader import BccBackend, MapSizes, SamplerBackend, UnwindMaps
+from profiler.bpf.loader import BccBackend, MapSizes, PythonMaps, SamplerBackend, UnwindMaps
 from profiler.process_watcher import EventPump, ProcessWatcher, SharedProcesses, UnwindWorker
 from profiler.processes import ProcessInfo, ProcessTable
 from profiler.procfs import MapEntry
+from profiler.procmem import ProcessMemory
+from profiler.python_procs import PythonProcesses
 from profiler.sampler import Sampler, SamplerOptions, Window
 from profiler.unwind_tables import UnwindTables
 from symbolizer.aggregate import RawSample, build_profile, default_labels
+from symbolizer.interpreters.cpython import CPythonInfo
 from symbolizer.kallsyms import KernelSymbolizer
 from symbolizer.native import NativeSymbolizer
 from symbolizer.profile import Frame, FrameKind, Profile
+from symbolizer.python_stacks import PyFrame, PythonSymbolizer
 
 log = logging.getLogger("kiln.recorder")
 
@@ -47,6 +51,7 @@ class Recorder:
         sizes: MapSizes | None = None,
         processes: ProcessTable | None = None,
         unwind: bool = True,
+        python: bool = True,
     ) -> None:
         self.options = options
         # Maps are re-read at most every 100 ms per process: soon enough
@@ -58,15 +63,32 @@ class Recorder:
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         sizes = sizes or MapSizes()
         self.backend = backend or BccBackend(sizes)
-        self.unwind: UnwindWorker | None = None
+        tables = None
         if unwind and isinstance(self.backend, UnwindMaps):
             tables = UnwindTables(
                 self.backend, capacity_rows=sizes.unwind_rows, capacity_pages=sizes.unwind_pages
             )
-            self.unwind = UnwindWorker(tables, self.processes)
+        self.python: PythonProcesses | None = None
+        if python and isinstance(self.backend, PythonMaps):
+            self.python = PythonProcesses(self.backend)
+        self.python_symbolizer = PythonSymbolizer(self._python_info, _open_memory)
+        self.unwind: UnwindWorker | None = None
+        if tables is not None or self.python is not None:
+            self.unwind = UnwindWorker(tables, self.processes, self.python)
         self.watcher = ProcessWatcher(self.processes, self.unwind)
-        self.sampler = Sampler(self.backend, options, on_event=self.watcher, maps_of=self._maps_of)
+        self.sampler = Sampler(
+            self.backend, options, on_event=self._on_event, maps_of=self._maps_of
+        )
         self._pump = EventPump(self.sampler.poll)
+
+    def _on_event(self, ev: abi.Event) -> None:
+        self.watcher(ev)
+        if ev.type == abi.EV_NEW_KEY and ev.key.pystack and isinstance(self.backend, PythonMaps):
+            # Read the code objects now, while the process is surely alive: a
+            # short-lived one is gone by the time its window closes.
+            found = self.backend.lookup_stack(int(ev.half), int(ev.key.pystack))
+            if found is not None:
+                self._resolve_python(int(ev.key.pid), found[0])
 
     def _maps_of(self, pid: int) -> Sequence[MapEntry] | None:
         info = self.processes.get(pid) or self.processes.observe(pid)
@@ -102,6 +124,17 @@ class Recorder:
                 Frame(f"[kernel.kallsyms]+0x{int(a):x}", int(a), FrameKind.KERNEL) for a in addrs
             ]
 
+    def _python_info(self, pid: int) -> CPythonInfo | None:
+        return self.python.info(pid) if self.python is not None else None
+
+    def _resolve_python(self, pid: int, packed: tuple[int, ...]) -> Sequence[PyFrame] | None:
+        try:
+            return self.python_symbolizer.resolve(pid, packed)
+        except Exception:  # as for native frames: lose names, never samples
+            log.exception("naming Python frames of pid %d failed", pid)
+            self._count("symbolize_errors")
+            return None
+
     def _count(self, name: str) -> None:
         self.stats.counters[name] = self.stats.counters.get(name, 0) + 1
 
@@ -122,6 +155,7 @@ class Recorder:
             resolve_user=self._resolve_user,
             resolve_kernel=self._resolve_kernel,
             labels=self._labels,
+            resolve_python=self._resolve_python,
             period_ns=period,
             start_ns=window.start_ns + self._wall_offset,
             duration_ns=window.end_ns - window.start_ns,
@@ -141,9 +175,8 @@ class Recorder:
             # Processes named up front get their tables before the first
             # sample, so even their first stacks are complete.
             for pid in self.options.pids:
-                info = self.processes.observe(pid)
-                if info is not None:
-                    self.unwind.tables.sync_process(pid, info.maps)
+                if self.processes.observe(pid) is not None:
+                    self.unwind.setup(pid)
             self.unwind.start()
         self.sampler.start()
         self._pump.start()
@@ -155,6 +188,7 @@ class Recorder:
         if self.unwind is not None:
             self.unwind.stop()
         self.sampler.backend.close()
+        self.python_symbolizer.close()
 
     def record(
         self,
@@ -188,12 +222,13 @@ class Recorder:
     def maintain(self) -> None:
         """Between windows: forget exited processes, evict unused tables."""
         self.processes.prune()
-        if self.unwind is not None:
+        if self.unwind is not None and self.unwind.tables is not None:
             gone = self.unwind.tables.tracked() - set(self.processes.pids())
             self.watcher.forget(gone)
             for pid in gone:
                 self.unwind.remove(pid)
             self.unwind.tables.maintain()
+        self.python_symbolizer.retain(set(self.processes.pids()))
 
     def counters(self) -> dict[str, int]:
         out = dict(self.stats.counters)
@@ -202,10 +237,19 @@ class Recorder:
         out.update({f"sampler_{k}": v for k, v in self.sampler.counters.items()})
         out.update({f"events_{k}": v for k, v in self.watcher.counters.items()})
         if self.unwind is not None:
-            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.counters.items()})
-            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.stats().items()})
+            if self.unwind.tables is not None:
+                out.update({f"unwind_{k}": v for k, v in self.unwind.tables.counters.items()})
+                out.update({f"unwind_{k}": v for k, v in self.unwind.tables.stats().items()})
             out["unwind_worker_errors"] = self.unwind.errors
+        if self.python is not None:
+            out.update({f"python_{k}": v for k, v in self.python.counters.items()})
+        out.update({f"python_{k}": v for k, v in self.python_symbolizer.counters.items()})
         return out
+
+
+def _open_memory(pid: int) -> ProcessMemory | None:
+    mem = ProcessMemory(pid)
+    return mem if mem.ok else None
 
 
 def _all_mapped(maps: Sequence[MapEntry], addrs: np.ndarray) -> bool:

@@ -130,6 +130,7 @@ class Sampler:
                 continue
             user, user_cut = stacks.get(int(k["ustack"]), missing) if k["ustack"] else missing
             kernel, _ = stacks.get(int(k["kstack"]), missing) if k["kstack"] else missing
+            python, py_cut = stacks.get(int(k["pystack"]), missing) if k["pystack"] else missing
             caller = int(k["leaf_caller"])
             if caller and user and (len(user) < 2 or user[1] != caller):
                 if self._is_code(pid, caller, exec_maps):
@@ -149,6 +150,8 @@ class Sampler:
                     first_ns=int(v["first_ns"]),
                     last_ns=int(v["last_ns"]),
                     truncated=user_cut,
+                    python=python,
+                    python_truncated=py_cut,
                 )
             )
         window = Window(self._window_start, end, samples, self._counter_delta())

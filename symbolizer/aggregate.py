@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from symbolizer.profile import Frame, Profile
+from symbolizer.python_stacks import PyFrame, merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class RawSample:
     first_ns: int = 0
     last_ns: int = 0
     truncated: bool = False  # the user stack walk hit its depth limit
+    python: tuple[int, ...] = ()  # packed Python frames, leaf first (see python_stacks)
+    python_truncated: bool = False
 
 
 TRUNCATED = Frame("[truncated]")
@@ -38,6 +41,7 @@ TRUNCATED = Frame("[truncated]")
 UserResolver = Callable[[int, np.ndarray], Sequence[Frame]]
 KernelResolver = Callable[[np.ndarray], Sequence[Frame]]
 LabelMaker = Callable[[RawSample], Iterable[tuple[str, str]]]
+PythonResolver = Callable[[int, tuple[int, ...]], Sequence[PyFrame] | None]
 
 
 def lookup_addresses(stack: tuple[int, ...]) -> list[int]:
@@ -71,6 +75,7 @@ def build_profile(
     resolve_user: UserResolver,
     resolve_kernel: KernelResolver,
     labels: LabelMaker = default_labels,
+    resolve_python: PythonResolver | None = None,
     period_ns: int,
     start_ns: int = 0,
     duration_ns: int = 0,
@@ -87,15 +92,23 @@ def build_profile(
 
     profile = Profile(start_ns=start_ns, duration_ns=duration_ns, period_ns=period_ns)
     # Interning the same stack twice is cheap, but building its frame list
-    # is not: cache per distinct (pid, kernel, user) triple.
-    stack_ids: dict[tuple[int, tuple[int, ...], tuple[int, ...], bool], int] = {}
+    # is not: cache per distinct (pid, kernel, user, python) stacks.
+    stack_ids: dict[tuple[object, ...], int] = {}
+    py_frames: dict[tuple[int, tuple[int, ...]], Sequence[PyFrame] | None] = {}
     for s in samples:
-        skey = (s.pid, s.kernel, s.user, s.truncated)
+        skey = (s.pid, s.kernel, s.user, s.truncated, s.python, s.python_truncated)
         sid = stack_ids.get(skey)
         if sid is None:
             frames = [kernel[(0, a)] for a in lookup_addresses(s.kernel)]
-            frames += [user[(s.pid, a)] for a in lookup_addresses(s.user)]
-            if s.truncated:
+            native = [user[(s.pid, a)] for a in lookup_addresses(s.user)]
+            py = None
+            if s.python and resolve_python is not None:
+                pkey = (s.pid, s.python)
+                if pkey not in py_frames:
+                    py_frames[pkey] = resolve_python(s.pid, s.python)
+                py = py_frames[pkey]
+            frames += merge(native, py) if py else native
+            if s.truncated or (py and s.python_truncated):
                 frames.append(TRUNCATED)
             sid = stack_ids[skey] = profile.stack_id(frames)
         profile.add_by_ids(sid, profile.labels_id(labels(s)), s.count)

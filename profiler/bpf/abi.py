@@ -36,9 +36,12 @@ class Counter(enum.IntEnum):
     FRAMES_FP = 10
     TRUNCATED = 11
     UNKNOWN_PC = 12
+    PY_STACKS = 13
+    PY_NO_THREAD = 14
+    PY_READ_ERR = 15
 
 
-COUNTER_MAX = 13
+COUNTER_MAX = 16
 
 # Counters that mean data was lost, with the setting that fixes each.
 LOSS_REMEDIES: dict[Counter, str] = {
@@ -81,6 +84,7 @@ class SampleKey(ctypes.Structure):
         ("ustack", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
         ("leaf_caller", ctypes.c_uint64),
+        ("pystack", ctypes.c_uint64),
         ("comm", ctypes.c_char * COMM_LEN),
     ]
 
@@ -177,6 +181,43 @@ class MappingVal(ctypes.Structure):
     ]
 
 
+# ---- Python stacks (see kiln.h) --------------------------------------------
+
+PY_ABSENT = 0xFFFF
+PY_CODE_BITS = 44
+PY_INSTR_MASK = 0x7FFFF
+PY_NO_INSTR = 0x7FFFF
+PY_ENTRY = 1 << 63
+
+
+class PyProc(ctypes.Structure):
+    _fields_ = [
+        ("runtime", ctypes.c_uint64),
+        ("code_type", ctypes.c_uint64),
+        ("version", ctypes.c_uint16),
+        ("runtime_interpreters_head", ctypes.c_uint16),
+        ("interp_tstate_head", ctypes.c_uint16),
+        ("tstate_next", ctypes.c_uint16),
+        ("tstate_native_thread_id", ctypes.c_uint16),
+        ("tstate_thread_id", ctypes.c_uint16),
+        ("tstate_frame", ctypes.c_uint16),
+        ("cframe_current_frame", ctypes.c_uint16),
+        ("frame_back", ctypes.c_uint16),
+        ("frame_code", ctypes.c_uint16),
+        ("frame_instr", ctypes.c_uint16),
+        ("frame_owner", ctypes.c_uint16),
+        ("frame_is_entry", ctypes.c_uint16),
+        ("code_bytecode", ctypes.c_uint16),
+        ("instr_kind", ctypes.c_uint8),
+        ("owner_cstack", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class PyThread(ctypes.Structure):
+    _fields_ = [("tstate", ctypes.c_uint64), ("checked_ns", ctypes.c_uint64)]
+
+
 # C struct name -> mirror, for the layout tests.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "kiln_config": Config,
@@ -190,6 +231,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "kiln_mapping_key": MappingKey,
     "kiln_mapping_val": MappingVal,
     "kiln_event": Event,
+    "kiln_py_proc": PyProc,
+    "kiln_py_thread": PyThread,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from profiler import btf
 from profiler.bpf import abi
 from profiler.errors import BccMissingError, BpfUnavailableError, NotRootError
 from profiler.kernel_headers import find_headers
@@ -94,8 +95,31 @@ class SamplerBackend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PythonMaps(Protocol):
+    """The BPF maps for Python stacks: how to walk each process, and a peek at
+    one stack while its process is still alive to read code objects from."""
+
+    def set_python(self, pid: int, proc: abi.PyProc | None) -> None: ...
+    def lookup_stack(self, half: int, stack_hash: int) -> StackRecord | None: ...
+
+
+def kernel_offsets() -> list[str]:
+    """-D flags for kernel-internal offsets, from the running kernel's BTF.
+
+    Only task_struct.thread.fsbase (pthread_self() of the sampled thread, to
+    find pre-3.11 Python thread states); without BTF those threads are not
+    matched and Python < 3.11 shows native frames only."""
+    try:
+        fsbase = btf.kernel_member_offset("task_struct", "thread.fsbase")
+    except btf.BtfError as e:
+        log.warning("no kernel BTF offsets (%s): Python < 3.11 stacks are unavailable", e)
+        return []
+    return [f"-DKILN_TASK_FSBASE_OFFSET={fsbase}"]
+
+
 def cflags(sizes: MapSizes) -> list[str]:
-    return [f"-I{abi.BPF_DIR}", *sizes.cflags()]
+    return [f"-I{abi.BPF_DIR}", *sizes.cflags(), *kernel_offsets()]
 
 
 def program_source() -> str:
@@ -223,6 +247,17 @@ class BccBackend:
             out[h] = (tuple(row["ips"][:n].tolist()), bool(row["flags"] & abi.STACK_TRUNCATED))
         return out
 
+    def lookup_stack(self, half: int, stack_hash: int) -> StackRecord | None:
+        """One stack of a half, left in place (for naming frames while a process lives)."""
+        table = self._bpf[f"stacks{half}".encode()]
+        try:
+            leaf = table[ctypes.c_uint64(stack_hash)]
+        except KeyError:
+            return None
+        row = np.frombuffer(bytes(leaf), STACK_DTYPE)[0]
+        n = min(int(row["len"]), abi.MAX_STACK_DEPTH)
+        return tuple(row["ips"][:n].tolist()), bool(row["flags"] & abi.STACK_TRUNCATED)
+
     def counters(self) -> dict[abi.Counter, int]:
         table = self._bpf[b"counters"]
         out = {}
@@ -286,6 +321,16 @@ class BccBackend:
         table = self._bpf[b"tracked"]
         if tracked:
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        else:
+            with contextlib.suppress(KeyError):
+                del table[ctypes.c_uint32(pid)]
+
+    # -- Python ----------------------------------------------------------------
+
+    def set_python(self, pid: int, proc: abi.PyProc | None) -> None:
+        table = self._bpf[b"py_procs"]
+        if proc is not None:
+            table[ctypes.c_uint32(pid)] = table.Leaf.from_buffer_copy(bytes(proc))
         else:
             with contextlib.suppress(KeyError):
                 del table[ctypes.c_uint32(pid)]

@@ -88,6 +88,7 @@ class CPythonOffsets:
     frame_instr_kind: int
     frame_owner: int
     frame_owner_cstack: int
+    frame_is_entry: int  # 3.11: the bool marking an eval loop call's first frame
     code_name: int
     code_qualname: int
     code_filename: int
@@ -120,6 +121,7 @@ _BEFORE_311 = {
     "frame_code": 32,
     "frame_owner": ABSENT,
     "frame_owner_cstack": ABSENT,
+    "frame_is_entry": ABSENT,
     "code_name": 112,
     "code_qualname": ABSENT,
     "code_filename": 104,
@@ -166,6 +168,7 @@ _TABLE: dict[tuple[int, int], CPythonOffsets] = {
         frame_code=32,
         frame_owner=69,
         frame_owner_cstack=ABSENT,  # 3.11 marks entry frames with is_entry instead
+        frame_is_entry=68,
         code_firstlineno=72,
         code_bytecode=184,
         unicode_ascii_size=48,
@@ -182,6 +185,7 @@ _TABLE: dict[tuple[int, int], CPythonOffsets] = {
         frame_code=0,
         frame_owner=70,
         frame_owner_cstack=3,
+        frame_is_entry=ABSENT,
         code_firstlineno=68,
         code_bytecode=192,
         unicode_ascii_size=40,
@@ -198,6 +202,7 @@ _TABLE: dict[tuple[int, int], CPythonOffsets] = {
         frame_code=0,
         frame_owner=70,
         frame_owner_cstack=3,
+        frame_is_entry=ABSENT,
         code_firstlineno=68,
         code_bytecode=200,
         unicode_ascii_size=40,
@@ -225,6 +230,11 @@ class CPythonInfo:
     runtime_address: int  # &_PyRuntime in the process
     offsets_source: str  # "table" or "debug_offsets"
     offsets: CPythonOffsets
+    # Runtime addresses of the type objects, to check what a pointer points
+    # at before trusting it (0 when the symbol is missing).
+    code_type: int = 0
+    unicode_type: int = 0
+    bytes_type: int = 0
 
     @property
     def version(self) -> tuple[int, int, int]:
@@ -324,7 +334,7 @@ def _candidates(by_path: dict[str, list[MapEntry]], maps: Sequence[MapEntry]) ->
 def _inspect(path: str, entries: list[MapEntry], f: BinaryIO) -> CPythonInfo | str:
     """CPythonInfo for this file, or the reason it is not a usable CPython."""
     segments = load_segments(f)
-    syms = _find_symbols(f, ("_PyRuntime", "Py_Version"))
+    syms = _find_symbols(f, ("_PyRuntime", "Py_Version", *_TYPE_SYMBOLS.values()))
     runtime = syms.get("_PyRuntime")
     if runtime is None:
         return "does not export _PyRuntime (not CPython 3.7+, or stripped)"
@@ -371,7 +381,16 @@ def _inspect(path: str, entries: list[MapEntry], f: BinaryIO) -> CPythonInfo | s
         runtime_address=runtime + bias,
         offsets_source=source,
         offsets=offsets,
+        **{field: syms[name] + bias for field, name in _TYPE_SYMBOLS.items() if name in syms},
     )
+
+
+# CPythonInfo field -> the exported type object it holds the address of.
+_TYPE_SYMBOLS = {
+    "code_type": "PyCode_Type",
+    "unicode_type": "PyUnicode_Type",
+    "bytes_type": "PyBytes_Type",
+}
 
 
 def load_bias(entries: Sequence[MapEntry], segments: Sequence[Segment]) -> int | None:
@@ -509,6 +528,7 @@ def parse_debug_offsets(data: bytes) -> tuple[int, CPythonOffsets] | None:
         frame_instr_kind=INSTR_POINTER,
         frame_owner=d["interpreter_frame.owner"],
         frame_owner_cstack=3,
+        frame_is_entry=ABSENT,
         code_name=d["code_object.name"],
         code_qualname=d["code_object.qualname"],
         code_filename=d["code_object.filename"],

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symbolizer.interpreters.linetable import line_for, line_ranges
+from tests.conftest import skip_outside_ci
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
@@ -35,7 +36,9 @@ INTERPRETERS: list[tuple[str, Path]] = [
 
 def interpreter_or_skip(label: str, exe: Path) -> Path:
     if not os.access(exe, os.X_OK):
-        pytest.skip(f"{label} ({exe}) not installed here (CI has all pyenv versions)")
+        skip_outside_ci(
+            f"{label} ({exe}) not installed here (CI machines have every pyenv version)"
+        )
     return exe
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from profiler.bpf import abi
-from profiler.process_watcher import ProcessWatcher, SharedProcesses
+from profiler.process_watcher import ProcessWatcher, SharedProcesses, UnwindWorker
 from profiler.processes import ProcessTable
 
 
@@ -50,8 +50,33 @@ def test_tables_only_for_sampled_processes_and_new_images_of_them() -> None:
         child.wait()
 
 
-def test_no_tables_for_kiln_itself() -> None:
-    worker = RecordingWorker()
-    w = ProcessWatcher(SharedProcesses(ProcessTable()), worker)  # type: ignore[arg-type]
-    w(event(abi.EV_NEW_KEY, os.getpid()))
-    assert worker.calls == []
+class RecordingTables:
+    def __init__(self) -> None:
+        self.synced: list[int] = []
+
+    def sync_process(self, pid: int, maps: object) -> None:
+        self.synced.append(pid)
+
+
+class RecordingPython:
+    def __init__(self) -> None:
+        self.synced: list[int] = []
+
+    def sync(self, pid: int, maps: object) -> None:
+        self.synced.append(pid)
+
+
+def test_no_tables_for_kiln_itself_but_python_frames() -> None:
+    procs = SharedProcesses(ProcessTable())
+    tables, python = RecordingTables(), RecordingPython()
+    worker = UnwindWorker(tables, procs, python)  # type: ignore[arg-type]
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            procs.observe(pid)
+            worker.setup(pid)
+        assert tables.synced == [child.pid]  # LLVM's tables would cost seconds
+        assert python.synced == [os.getpid(), child.pid]  # Kiln profiles itself
+    finally:
+        child.kill()
+        child.wait()

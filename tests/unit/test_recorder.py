@@ -12,7 +12,7 @@ from tests.fakes import FakeBackend
 
 
 def _key(pid: int, kstack: int, ustack: int) -> tuple[object, ...]:
-    return (pid, pid, 1, kstack, ustack, 1, 0, b"me")
+    return (pid, pid, 1, kstack, ustack, 1, 0, 0, b"me")
 
 
 def test_window_becomes_a_symbolized_profile_with_process_labels(

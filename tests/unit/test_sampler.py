@@ -8,8 +8,10 @@ from profiler.sampler import Sampler, SamplerOptions
 from tests.fakes import FakeBackend
 
 
-def key(pid: int, kstack: int, ustack: int, leaf_caller: int = 0) -> tuple[object, ...]:
-    return (pid, pid, 0, kstack, ustack, 1, leaf_caller, b"comm")
+def key(
+    pid: int, kstack: int, ustack: int, leaf_caller: int = 0, pystack: int = 0
+) -> tuple[object, ...]:
+    return (pid, pid, 0, kstack, ustack, 1, leaf_caller, pystack, b"comm")
 
 
 def test_close_window_flips_halves_and_reads_the_old_one() -> None:
