@@ -2,10 +2,10 @@
 
 Two background threads serve the recorder: the event pump drains the BPF
 ring buffer as soon as records arrive (so a process that lives 20 ms is
-read from /proc while it is alive), and the unwind worker sets up each
-sampled process -- builds and loads its unwind tables, which can take a
-while for a big binary, and looks for a Python interpreter -- without
-holding up either the events or the windows.
+read from /proc while it is alive), and setup workers prepare each sampled
+process without holding up either the events or the windows: one builds
+and loads unwind tables (100s of ms for a big binary), another looks for a
+Python interpreter (milliseconds, so it must not wait behind the tables).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from profiler.bpf import abi
 from profiler.processes import ProcessInfo, ProcessTable
@@ -74,14 +74,16 @@ _REMOVE = "remove"
 _STOP = "stop"
 
 
-class UnwindWorker:
-    """Sets up sampled processes in its own thread: unwind tables, Python."""
+class SetupWorker:
+    """Sets up sampled processes in its own thread: unwind tables and/or Python."""
 
     def __init__(
         self,
         tables: UnwindTables | None,
         processes: SharedProcesses,
         python: PythonProcesses | None = None,
+        *,
+        name: str = "kiln-setup",
     ) -> None:
         self.tables = tables
         self.processes = processes
@@ -92,7 +94,7 @@ class UnwindWorker:
         self._queue: queue.Queue[tuple[str, int]] = queue.Queue()
         self._pending: set[tuple[str, int]] = set()
         self._pending_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="kiln-unwind", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.errors = 0
 
     def start(self) -> None:
@@ -137,15 +139,16 @@ class UnwindWorker:
             if op == _SYNC:
                 info = self.processes.get(pid)
                 if info is not None and info.maps:
-                    if self.tables is not None and pid not in self.skip_tables:
-                        self.tables.sync_process(pid, info.maps)
+                    # Python first: it takes milliseconds, tables can take 100s of them.
                     if self.python is not None:
                         self.python.sync(pid, info.maps)
+                    if self.tables is not None and pid not in self.skip_tables:
+                        self.tables.sync_process(pid, info.maps)
             else:
-                if self.tables is not None:
-                    self.tables.remove_process(pid)
                 if self.python is not None:
                     self.python.remove(pid)
+                if self.tables is not None:
+                    self.tables.remove_process(pid)
         except Exception:  # one bad binary must not stop unwinding for the rest
             self.errors += 1
             log.exception("process setup for pid %d failed", pid)
@@ -159,9 +162,9 @@ class ProcessWatcher:
     that have been sampled.
     """
 
-    def __init__(self, processes: SharedProcesses, unwind: UnwindWorker | None) -> None:
+    def __init__(self, processes: SharedProcesses, workers: Sequence[SetupWorker]) -> None:
         self.processes = processes
-        self.unwind = unwind
+        self.workers = list(workers)
         self._unwound: set[int] = set()  # pids whose tables were asked for
         self.counters: dict[str, int] = {"exec": 0, "exit": 0, "unknown_pc": 0, "new_process": 0}
 
@@ -183,22 +186,22 @@ class ProcessWatcher:
             self.counters["exit"] += 1
             if self.processes.known(pid):
                 self.processes.mark_exited(pid)
-            if pid in self._unwound and self.unwind is not None:
+            if pid in self._unwound:
                 self._unwound.discard(pid)
-                self.unwind.remove(pid)
+                for w in self.workers:
+                    w.remove(pid)
         elif ev.type == abi.EV_UNKNOWN_PC:
             self.counters["unknown_pc"] += 1
             if self.processes.refresh_maps(pid) is not None:
                 self._sync(pid, first=False)
 
     def _sync(self, pid: int, *, first: bool) -> None:
-        if self.unwind is None:
-            return
         if first and pid not in self._unwound:
             self._unwound.add(pid)
-            self.unwind.sync(pid)
-        elif not first and pid in self._unwound:
-            self.unwind.sync(pid)
+        elif first or pid not in self._unwound:
+            return
+        for w in self.workers:
+            w.sync(pid)
 
     def forget(self, pids: set[int]) -> None:
         """Processes gone without an exit event (e.g. events lost)."""

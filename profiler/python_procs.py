@@ -127,12 +127,13 @@ class PythonProcesses:
     def _unsupported(self, pid: int, reason: str) -> None:
         self.counters["unsupported"] += 1
         if pid not in self._warned:
+            if len(self._warned) >= MAX_NEGATIVE:
+                self._warned.clear()
             self._warned.add(pid)
             log.warning("pid %d: Python frames unavailable, native only (%s)", pid, reason)
 
     def remove(self, pid: int) -> None:
         with self._lock:
             had = self._infos.pop(pid, None)
-        self._warned.discard(pid)
         if had is not None:
             self._bpf.set_python(pid, None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from profiler.bpf import abi
 from profiler.bpf.loader import BccBackend, MapSizes, PythonMaps, SamplerBackend, UnwindMaps
-from profiler.process_watcher import EventPump, ProcessWatcher, SharedProcesses, UnwindWorker
+from profiler.process_watcher import EventPump, ProcessWatcher, SetupWorker, SharedProcesses
 from profiler.processes import ProcessInfo, ProcessTable
 from profiler.procfs import MapEntry
 from profiler.procmem import ProcessMemory
@@ -72,10 +72,15 @@ class Recorder:
         if python and isinstance(self.backend, PythonMaps):
             self.python = PythonProcesses(self.backend)
         self.python_symbolizer = PythonSymbolizer(self._python_info, _open_memory)
-        self.unwind: UnwindWorker | None = None
-        if tables is not None or self.python is not None:
-            self.unwind = UnwindWorker(tables, self.processes, self.python)
-        self.watcher = ProcessWatcher(self.processes, self.unwind)
+        self.unwind: SetupWorker | None = None
+        workers = []
+        if tables is not None:
+            self.unwind = SetupWorker(tables, self.processes, name="kiln-unwind")
+            workers.append(self.unwind)
+        if self.python is not None:
+            workers.append(SetupWorker(None, self.processes, self.python, name="kiln-python"))
+        self.workers = workers
+        self.watcher = ProcessWatcher(self.processes, workers)
         self.sampler = Sampler(
             self.backend, options, on_event=self._on_event, maps_of=self._maps_of
         )
@@ -171,13 +176,14 @@ class Recorder:
         # Load kallsyms now, not in the first window: it is the one big
         # read-once cost, and sampling should not pay for it.
         _ = self.kernel.symbols
-        if self.unwind is not None:
-            # Processes named up front get their tables before the first
-            # sample, so even their first stacks are complete.
-            for pid in self.options.pids:
-                if self.processes.observe(pid) is not None:
-                    self.unwind.setup(pid)
-            self.unwind.start()
+        # Processes named up front are set up before the first sample, so
+        # even their first stacks are complete.
+        for pid in self.options.pids:
+            if self.processes.observe(pid) is not None:
+                for w in self.workers:
+                    w.setup(pid)
+        for w in self.workers:
+            w.start()
         self.sampler.start()
         self._pump.start()
         log.info("sampling at %d Hz on %d CPUs", self.options.frequency_hz, os.cpu_count() or 0)
@@ -185,8 +191,8 @@ class Recorder:
     def close(self) -> None:
         self.sampler.stop()
         self._pump.stop()
-        if self.unwind is not None:
-            self.unwind.stop()
+        for w in self.workers:
+            w.stop()
         self.sampler.backend.close()
         self.python_symbolizer.close()
 
@@ -226,7 +232,8 @@ class Recorder:
             gone = self.unwind.tables.tracked() - set(self.processes.pids())
             self.watcher.forget(gone)
             for pid in gone:
-                self.unwind.remove(pid)
+                for w in self.workers:
+                    w.remove(pid)
             self.unwind.tables.maintain()
         self.python_symbolizer.retain(set(self.processes.pids()))
 
@@ -236,11 +243,10 @@ class Recorder:
         out.update({f"symbolizer_{k}": v for k, v in self.native.counters.items()})
         out.update({f"sampler_{k}": v for k, v in self.sampler.counters.items()})
         out.update({f"events_{k}": v for k, v in self.watcher.counters.items()})
-        if self.unwind is not None:
-            if self.unwind.tables is not None:
-                out.update({f"unwind_{k}": v for k, v in self.unwind.tables.counters.items()})
-                out.update({f"unwind_{k}": v for k, v in self.unwind.tables.stats().items()})
-            out["unwind_worker_errors"] = self.unwind.errors
+        if self.unwind is not None and self.unwind.tables is not None:
+            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.counters.items()})
+            out.update({f"unwind_{k}": v for k, v in self.unwind.tables.stats().items()})
+        out["setup_worker_errors"] = sum(w.errors for w in self.workers)
         if self.python is not None:
             out.update({f"python_{k}": v for k, v in self.python.counters.items()})
         out.update({f"python_{k}": v for k, v in self.python_symbolizer.counters.items()})

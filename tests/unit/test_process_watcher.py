@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from profiler.bpf import abi
-from profiler.process_watcher import ProcessWatcher, SharedProcesses, UnwindWorker
+from profiler.process_watcher import ProcessWatcher, SetupWorker, SharedProcesses
 from profiler.processes import ProcessTable
 
 
@@ -33,7 +33,7 @@ def test_tables_only_for_sampled_processes_and_new_images_of_them() -> None:
     try:
         procs = SharedProcesses(ProcessTable())
         worker = RecordingWorker()
-        w = ProcessWatcher(procs, worker)  # type: ignore[arg-type]
+        w = ProcessWatcher(procs, [worker])  # type: ignore[list-item]
         w(event(abi.EV_EXEC, child.pid))  # exec of a process never sampled: read, no tables
         assert procs.get(child.pid) is not None
         assert worker.calls == []
@@ -69,7 +69,7 @@ class RecordingPython:
 def test_no_tables_for_kiln_itself_but_python_frames() -> None:
     procs = SharedProcesses(ProcessTable())
     tables, python = RecordingTables(), RecordingPython()
-    worker = UnwindWorker(tables, procs, python)  # type: ignore[arg-type]
+    worker = SetupWorker(tables, procs, python)  # type: ignore[arg-type]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         for pid in (os.getpid(), child.pid):
