@@ -7,7 +7,7 @@ PY       := $(VENV)/bin/python
 STAMP    := .make
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps host venv run test test-unit test-bpf lint bench clean
+.PHONY: help deps host venv vendor run test test-unit test-bpf lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(STAMP)/venv: pyproject.toml | host
 	@echo "setup: pip install -e '.[dev]'" >&2
 	@$(PY) -m pip install -q -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
 	@touch $@
+
+vendor: ## re-fetch d3 + d3-flame-graph into web/static/vendor at pinned versions (needs npm)
+	@web/vendor.sh
 
 run: deps ## record the whole host for 10 s, print the top table, write kiln-profile.pb.gz
 	$(VENV)/bin/kiln record -F 99 -d 10 -o kiln-profile.pb.gz

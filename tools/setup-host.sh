@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Kiln needs on a Debian/Ubuntu host, idempotently and quietly
 # when everything is already there: BCC, kernel headers (or the distro's
-# newest as a fallback, with a warning), bpftool, tracefs/debugfs mounts.
+# newest as a fallback, with a warning), bpftool, tracefs/debugfs mounts,
+# Chromium for the UI's browser tests.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
@@ -9,7 +10,7 @@ say() { echo "setup: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "must run as root (sudo make ...)"; exit 2; }
 
 release=$(uname -r)
-pkgs=(bpfcc-tools python3-bpfcc libbpfcc python3-venv gcc g++ bpftool linux-perf)
+pkgs=(bpfcc-tools python3-bpfcc libbpfcc python3-venv gcc g++ bpftool linux-perf chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
