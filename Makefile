@@ -29,9 +29,8 @@ $(STAMP)/venv: pyproject.toml | host
 vendor: ## re-fetch d3 + d3-flame-graph into web/static/vendor at pinned versions (needs npm)
 	@web/vendor.sh
 
-run: deps ## record the whole host for 10 s, print the top table, write kiln-profile.pb.gz
-	$(VENV)/bin/kiln record -F 99 -d 10 -o kiln-profile.pb.gz
-	$(VENV)/bin/kiln top kiln-profile.pb.gz
+run: deps ## start the agent (kiln run): samples the host, keeps history, serves the UI (URL printed)
+	$(VENV)/bin/kiln run
 
 test: deps lint ## lint, then the whole suite (BPF tests run for real as root)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests

@@ -24,7 +24,8 @@ _HEADER = struct.Struct("<HBBIIIII")
 _TYPE = struct.Struct("<III")
 _MEMBER = struct.Struct("<III")
 
-_KIND_STRUCT, _KIND_UNION = 4, 5
+_KIND_INT, _KIND_STRUCT, _KIND_UNION = 1, 4, 5
+_MAX_NESTING = 16
 _KIND_TYPEDEF, _KIND_VOLATILE, _KIND_CONST, _KIND_RESTRICT, _KIND_TYPE_TAG = 8, 9, 10, 11, 18
 
 # Bytes of kind-specific data after a btf_type: fixed, or per vlen entry.
@@ -94,23 +95,28 @@ class Btf:
     def member_offset(self, struct_name: str, path: str) -> int:
         """Byte offset of a dotted member path, e.g. ("task_struct", "thread.fsbase").
 
-        Anonymous struct/union members are searched through, as C allows."""
+        Anonymous struct/union members are searched through, as C allows.
+        Bitfields have no byte offset: asking for one is an error."""
         type_id = self._structs.get(struct_name)
         if type_id is None:
             raise BtfError(f"struct {struct_name} not in BTF")
         total_bits = 0
         for part in path.split("."):
-            found = self._find_member(type_id, part)
+            found = self._find_member(type_id, part, depth=0)
             if found is None:
                 raise BtfError(f"{struct_name} has no member {path!r} (missing {part!r})")
-            bits, type_id = found
+            bits, type_id, bitfield = found
+            if bitfield:
+                raise BtfError(f"{struct_name}.{path} is a bitfield")
             total_bits += bits
         if total_bits % 8:
             raise BtfError(f"{struct_name}.{path} is a bitfield")
         return total_bits // 8
 
-    def _find_member(self, type_id: int, name: str) -> tuple[int, int] | None:
-        """(bit offset, member type id) of `name` in a struct or union type."""
+    def _find_member(self, type_id: int, name: str, depth: int) -> tuple[int, int, bool] | None:
+        """(bit offset, member type id, is a bitfield) of `name` in a struct or union."""
+        if depth > _MAX_NESTING:  # anonymous members nest a few deep; more is a cycle
+            raise BtfError("anonymous members nest too deep (corrupt BTF)")
         type_id = self._strip(type_id)
         kind, vlen, kind_flag, _size = self._record(type_id)
         if kind not in (_KIND_STRUCT, _KIND_UNION):
@@ -120,12 +126,21 @@ class Btf:
             name_off, mtype, moff = _MEMBER.unpack_from(self._data, base + i * _MEMBER.size)
             bits = moff & 0xFFFFFF if kind_flag else moff
             if name_off and self._name(name_off) == name:
-                return bits, mtype
+                return bits, mtype, (kind_flag and moff >> 24 != 0) or self._int_bitfield(mtype)
             if not name_off:  # anonymous struct/union: look inside
-                inner = self._find_member(mtype, name)
+                inner = self._find_member(mtype, name, depth + 1)
                 if inner is not None:
-                    return bits + inner[0], inner[1]
+                    return bits + inner[0], inner[1], inner[2]
         return None
+
+    def _int_bitfield(self, type_id: int) -> bool:
+        """Old-style bitfield: an INT type whose encoding has an offset or odd width."""
+        type_id = self._strip(type_id)
+        kind, _vlen, _kf, size = self._record(type_id)
+        if kind != _KIND_INT:
+            return False
+        encoding = int(struct.unpack_from("<I", self._data, self._offsets[type_id] + _TYPE.size)[0])
+        return (encoding >> 16) & 0xFF != 0 or encoding & 0xFF != 8 * size
 
 
 def kernel_member_offset(struct_name: str, path: str, source: Path = VMLINUX) -> int:

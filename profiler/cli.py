@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from profiler import cli_run
 from profiler.errors import KilnError, UsageError
 
 log = logging.getLogger("kiln")
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check this host for what Kiln needs")
     d.set_defaults(func=cmd_doctor)
+
+    cli_run.add_parsers(sub)
 
     b = sub.add_parser("bpf-source", help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_bpf_source)

@@ -10,6 +10,7 @@ remembered by the files they map, so looking costs once per binary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +29,10 @@ MAX_NEGATIVE = 4096
 
 
 def py_proc(info: CPythonInfo) -> abi.PyProc:
-    """The walker's view of one interpreter (see bpf/kiln.h)."""
+    """The walker's view of one interpreter (see bpf/kiln.h); ValueError if an
+    offset does not fit its 16-bit field."""
+    if not _fits(info):
+        raise ValueError(f"{info.path}: an offset does not fit the walker's 16-bit fields")
     o = info.offsets
 
     def off(v: int) -> int:
@@ -56,6 +60,11 @@ def py_proc(info: CPythonInfo) -> abi.PyProc:
     )
 
 
+def _fits(info: CPythonInfo) -> bool:
+    """Every offset fits the walker's 16-bit fields (0xffff means absent)."""
+    return all(v == ABSENT or 0 <= v < abi.PY_ABSENT for v in dataclasses.astuple(info.offsets))
+
+
 def _vanished(reason: str) -> bool:
     """Every mapped file failed to open: the process exited (or is exiting)."""
     return all(part.endswith(": cannot open") for part in reason.split("; "))
@@ -79,7 +88,7 @@ class PythonProcesses:
         self._infos: dict[int, CPythonInfo] = {}
         self._not_python: set[tuple[FileKey, ...]] = set()
         self._warned: set[int] = set()
-        self.counters: dict[str, int] = {"detected": 0, "unsupported": 0, "errors": 0}
+        self.counters: dict[str, int] = {"detected": 0, "unsupported": 0}
 
     def info(self, pid: int) -> CPythonInfo | None:
         with self._lock:
@@ -89,9 +98,13 @@ class PythonProcesses:
         """Look (again) for an interpreter in pid, e.g. after exec or dlopen."""
         key = tuple(sorted({file_key(m) for m in maps if m.is_file and m.offset == 0}))
         if key in self._not_python:
+            self.remove(pid)  # e.g. a Python process that exec'd a known non-Python binary
             return None
         found = cpython.detect_reason(maps, lambda m: self._open_file(pid, m))
         info = found.info
+        if info is not None and not _fits(info):
+            found = cpython.Detection(None, f"{info.path}: offsets too large for the walker")
+            info = None
         with self._lock:
             old = self._infos.get(pid)
             if info is None:

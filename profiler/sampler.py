@@ -96,6 +96,13 @@ class Sampler:
         self.options.frequency_hz = hz
         self.backend.attach(hz)
 
+    def set_filters(self, pids: tuple[int, ...], comms: tuple[str, ...], kernel: bool) -> None:
+        """Change what is sampled, live: maps first, then the flags that enable them."""
+        self.options.pids, self.options.comms, self.options.kernel_stacks = pids, comms, kernel
+        self.backend.set_pid_filter(pids)
+        self.backend.set_comm_filter(comms)
+        self.backend.set_config(self._half, self.options.flags)
+
     def stop(self) -> None:
         self.backend.detach()
 

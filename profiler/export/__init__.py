@@ -1,0 +1,1 @@
+"""Shipping closed windows to observability backends (OTLP, Pyroscope, Parca)."""
