@@ -118,6 +118,39 @@ def kiln_cpu(hz: int, seconds: float, tmp: Path, warmup: float = 12.0) -> dict[s
     }
 
 
+def daemon_cpu(hz: int, seconds: float, tmp: Path, warmup: float = 20.0) -> dict[str, float]:
+    """`kiln run` steady state: sampling, windows every 10 s, symbolization and
+    the store's writes, with the UI idle; after its first windows."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp / "daemon-data"
+    args = ["--frequency", str(hz), "--data-dir", str(data), "--window-seconds", "10s"]
+    proc = subprocess.Popen(
+        [*KILN, "run", *args, "--listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_line(proc, "kiln run")
+    time.sleep(warmup)
+    c0, t0 = cpu_ns(proc.pid), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu_ns(proc.pid), time.monotonic()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/agent", timeout=30) as r:
+        status = json.loads(r.read())
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    store = status["store"]
+    return {
+        "cpu_pct": 100 * (c1 - c0) / 1e9 / (t1 - t0),
+        "bytes_per_sample": store["bytes_on_disk"] / max(1, store["samples"]),
+        "samples": store["samples"],
+    }
+
+
 def bcc_profile_cpu(hz: int, seconds: float) -> float | None:
     tool = shutil.which("profile-bpfcc")
     if tool is None:
@@ -328,6 +361,7 @@ def main() -> int:
             k19 = kiln_cpu(19, args.seconds, tmp)
             k99 = kiln_cpu(99, args.seconds, tmp)
             bcc99 = bcc_profile_cpu(99, args.seconds)
+            d19 = daemon_cpu(19, 2 * args.seconds, tmp)
         how = (
             "both CPUs busy with fixed work; CPU time of every kiln thread from "
             f"/proc/PID/task/*/schedstat over {args.seconds:g} s of sampling that include "
@@ -368,6 +402,24 @@ def main() -> int:
                 f"{k99['lost']} of {k99['samples']}",
                 "sum of the BPF loss counters (stack/counts map full, ring buffer full, "
                 "stack read errors) over the 99 Hz run",
+            )
+        )
+        rows.append(
+            (
+                "daemon CPU at 19 Hz, steady state, store included",
+                "≤ 1% of one core",
+                f"{d19['cpu_pct']:.3f}% of one core",
+                f"`kiln run` with both CPUs busy, over {2 * args.seconds:g} s after 20 s of "
+                "warm-up: sampling, 10 s windows, symbolization, SQLite writes, UI idle",
+            )
+        )
+        rows.append(
+            (
+                "store bytes per sample (daemon, real host data)",
+                "-",
+                f"{d19['bytes_per_sample']:.1f} B ({d19['samples']} samples)",
+                "store file + WAL size / samples stored, at the end of that run "
+                "(early windows intern every stack and frame once)",
             )
         )
         sd = slowdown(fixedwork, tmp)
@@ -426,6 +478,80 @@ def main() -> int:
                 "parse .eh_frame + chunk index from the file in memory, best of 3",
             )
         )
+
+    from tools.bench_python import bench as bench_python
+
+    with tempfile.TemporaryDirectory() as d:
+        py = bench_python(Path(d))
+    truth = py["truth_share_a_pct"]
+    for tool, target in (("kiln", "≤ 1% and below py-spy's"), ("py-spy", "-")):
+        r = py.get(tool)
+        if not isinstance(r, dict):
+            continue
+        rows.append(
+            (
+                f"Python, 3:1 split at 99 Hz: {tool}",
+                f"share ≤ 2 pp from py-spy; slowdown {target}",
+                f"work_a {r['share_a_pct']:.1f}% (truth {truth:.1f}%, worst run "
+                f"{r['max_error_pp']:.1f} pp off), slowdown {r['slowdown_pct']:+.1f}%",
+                "tests/fixtures/py_fixedwork.py, 3 rotations of none / kiln -p / py-spy "
+                "--native -p; shares from samples, truth from time.thread_time(); median wall",
+            )
+        )
+    if "kiln_vs_py_spy_pp" in py:
+        rows.append(
+            (
+                "Python per-function shares, Kiln vs py-spy",
+                "≤ 2 pp apart",
+                f"{py['kiln_vs_py_spy_pp']:.2f} pp apart",
+                "median share of work_a of each tool in that run",
+            )
+        )
+
+    from tools.bench_store import measure as bench_store
+    from tools.bench_web import measure as bench_web
+
+    with tempfile.TemporaryDirectory() as d:
+        st = bench_store(Path(d))
+    rows.append(
+        (
+            "store: 1 hour of 99 Hz x 2 CPU windows merged into one profile",
+            "-",
+            f"{st['query_hour_s']:.2f} s ({st['samples']} samples, "
+            f"{st['distinct_stacks_total']} stacks); {st['bytes_per_sample']:.1f} B/sample",
+            "tools/bench_store.py: 360 synthetic windows (~470 distinct stacks each)",
+        )
+    )
+    web = bench_web()
+    rows.append(
+        (
+            "flamegraph query + JSON over 1 hour of 99 Hz x all-CPU data",
+            "≤ 1 s server side",
+            f"{web['flame_request_s']:.2f} s",
+            "tools/bench_web.py: GET /api/flame over the same synthetic hour, cold cache",
+        )
+    )
+    rows.append(
+        (
+            "page draws a ~20,000-node flamegraph in headless Chromium",
+            "≤ 1 s",
+            f"{web['page_draw_s']:.2f} s ({web['page_frames_drawn']} frames wide enough "
+            f"to draw; every frame: {web['every_frame_draw_s']:.2f} s)",
+            "tools/bench_web.py: JSON arrival to painted, Playwright + Debian Chromium",
+        )
+    )
+    from tools.bench_ottl import measure as bench_ottl
+
+    ot = bench_ottl()
+    rows.append(
+        (
+            "OTTL cost per sample, 10 rules (5 filter, 5 transform)",
+            "< 5 µs",
+            f"{ot['us_per_sample']:.2f} µs ({ot['us_per_sample_no_stack_keys']:.1f} µs "
+            "without per-stack caching)",
+            str(ot["how"]),
+        )
+    )
 
     sym = bench_symbolize()
     rows.append(
