@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler import config as cfg
 from profiler import logfmt
+
+if TYPE_CHECKING:
+    from profiler.opamp import OpampClient
 
 log = logging.getLogger("kiln")
 
@@ -87,17 +91,21 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def effective_config(path: Path | None, overrides: dict[str, Any]) -> cfg.KilnConfig:
-    """File (or defaults), then flags: nested sections merge key by key."""
+def effective_config(
+    path: Path | None, overrides: dict[str, Any], remote: Mapping[str, Any] | None = None
+) -> cfg.KilnConfig:
+    """File (or defaults), then OpAMP remote config, then flags: nested
+    sections merge key by key."""
     if path is None and cfg.DEFAULT_PATH.exists():
         path = cfg.DEFAULT_PATH
     base = cfg.load(path) if path is not None else cfg.KilnConfig()
     data = base.model_dump(mode="python")
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
+    for layer in (remote or {}, overrides):
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
     return cfg.merged(cfg.KilnConfig(), data)
 
 
@@ -131,9 +139,43 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"kiln: config error: {problem}", file=sys.stderr)
         return 2
     logfmt.setup("debug" if args.verbose else config.log_level)
-    from profiler.daemon import Daemon  # imports BCC and Flask: only for `run`
+    from profiler.daemon import VERSION, Daemon  # imports BCC and Flask: only for `run`
+    from profiler.store.api import StoreError
 
-    daemon = Daemon(config, reload=lambda: effective_config(args.config, overrides))
+    # OpAMP remote control (profiler.opamp): the saved remote config is put in
+    # force before sampling starts; the client thread runs beside the daemon.
+    def compose(remote: Mapping[str, Any]) -> cfg.KilnConfig:
+        return effective_config(args.config, overrides, remote)
+
+    client: OpampClient | None = None
+    restored = None
+    if config.opamp.endpoint:
+        from profiler import opamp
+
+        try:
+            opamp.check_endpoint(config.opamp.endpoint)
+        except ValueError as e:
+            print(f"kiln: config error: {e}", file=sys.stderr)
+            return 2
+        restored = opamp.restore(config, compose)
+        if restored is not None and restored.config is not None:
+            config = restored.config
+
+    def reload() -> cfg.KilnConfig:
+        return compose(client.remote_layer() if client is not None else {})
+
+    try:
+        daemon = Daemon(config, reload=reload)
+    except (StoreError, OSError) as e:  # e.g. a store from a newer Kiln, a port in use
+        print(f"kiln: error: {e}", file=sys.stderr)
+        return 2
+    if config.opamp.endpoint:
+        client = opamp.OpampClient(daemon, compose=compose, version=VERSION, restored=restored)
+        client.start()
     daemon.install_signal_handlers()
     print(f"kiln: UI at {daemon.url}", file=sys.stderr, flush=True)
-    return daemon.run()
+    try:
+        return daemon.run()
+    finally:
+        if client is not None:
+            client.stop()  # agent_disconnect

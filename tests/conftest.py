@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,37 @@ def skip_outside_ci(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: the set-up must provide it)")
     pytest.skip(f"{reason} (would fail in CI)")
+
+
+# -- a real browser (the UI's tests and the daemon's) ----------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def browser_unavailable_reason() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        return f"Playwright is not installed ({e})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole session (Playwright's sync API
+    allows one running instance per thread)."""
+    reason = browser_unavailable_reason()
+    if reason is not None:
+        skip_outside_ci(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            # Root in a container has no user namespaces for Chromium's sandbox.
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        yield b
+        b.close()

@@ -22,7 +22,6 @@ import pytest
 from profiler.store.sqlite import SqliteStore
 from symbolizer.proto import profile_pb2
 from tests.conftest import FIXTURES
-from tests.web.conftest import browser, browser_unavailable_reason  # noqa: F401
 
 KILN = [sys.executable, "-m", "profiler.cli"]
 HOT = "burn_heavy"
@@ -136,7 +135,7 @@ def test_pprof_download_has_python_frames(daemon: RunningDaemon) -> None:
 
 def test_ui_in_chromium_shows_and_finds_the_hot_function(
     daemon: RunningDaemon,
-    browser: Any,  # noqa: F811
+    browser: Any,
     tmp_path: Path,
 ) -> None:
     from playwright.sync_api import expect

@@ -70,7 +70,7 @@ def test_pid_filter_counts_and_windows(backend: BccBackend) -> None:
         spin.wait()
     assert {s.pid for s in w1.samples} == {spin.pid}
     assert 150 <= w1.total <= 400, w1.total
-    assert 50 <= w2.total <= 150, w2.total
+    assert 30 <= w2.total <= 150, w2.total  # ~99 when the spinner gets its CPU
     assert spin.pid in events, "a new key must reach user space through the ring buffer"
     assert after[abi.Counter.FILTERED] > before[abi.Counter.FILTERED], "other tasks filtered"
     assert after[abi.Counter.SAMPLES] > after[abi.Counter.FILTERED]

@@ -19,11 +19,9 @@ from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from profiler.store.sqlite import SqliteStore
-from tests.conftest import skip_outside_ci
 from tests.web import profiles
 from web import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -108,33 +106,6 @@ def live_server(app: Flask) -> Iterator[LiveServer]:
     server = LiveServer(app)
     yield server
     server.stop()
-
-
-def browser_unavailable_reason() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as e:
-        return f"Playwright is not installed ({e})"
-    return None
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    reason = browser_unavailable_reason()
-    if reason is not None:
-        skip_outside_ci(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            # Root in a container has no user namespaces for Chromium's sandbox.
-            args=["--no-sandbox", "--disable-dev-shm-usage"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="session")
