@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         daemon = Daemon(config, reload=reload)
-    except (StoreError, OSError) as e:  # e.g. a store from a newer Kiln, a port in use
+    except (StoreError, OSError, cfg.ConfigError) as e:  # newer store, port in use, bad rule
         print(f"kiln: error: {e}", file=sys.stderr)
         return 2
     if config.opamp.endpoint:

@@ -28,6 +28,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from profiler import config as cfg
 from profiler.bpf import abi
 from profiler.bpf.loader import MapSizes
+from profiler.export import pipeline as export
 from profiler.recorder import Recorder
 from profiler.sampler import SamplerOptions
 from profiler.store.api import StoreError
@@ -77,6 +78,10 @@ class Daemon:
         self._lock = threading.Lock()
         self.window_hooks: list[WindowHook] = []
         self.status_extras: dict[str, Callable[[], Any]] = {}
+        # After each config change from request_config: (config, None) once it
+        # is in force, (config, error) when apply raised and the old one stays.
+        # The OpAMP client reports APPLIED/FAILED from these.
+        self.config_hooks: list[Callable[[cfg.KilnConfig, Exception | None], None]] = []
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(
@@ -90,6 +95,12 @@ class Daemon:
             unwind=config.profile.unwind_tables,
             python=config.profile.python,
         )
+        problems = export.validate(config.exporters)
+        if problems:
+            raise cfg.ConfigError(problems)
+        self.exports = export.ExportPipeline(config.exporters)
+        self.window_hooks.append(self.exports.submit)
+        self.status_extras["exporters"] = self.exports.status
         host, port = cfg.split_listen(config.listen)
         check_bind(host, config.token or None)
         app = create_app(self.store, token=config.token or None, agent_status=self.agent_status)
@@ -190,6 +201,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.server.shutdown()
+        self.exports.stop()  # drains what is queued, within its deadline
         self.recorder.close()
         self.store.close()
         log.info("kiln stopped")
@@ -201,6 +213,9 @@ class Daemon:
             return
         try:
             new = self._reload_source()
+            problems = export.validate(new.exporters)
+            if problems:
+                raise cfg.ConfigError(problems)
         except cfg.ConfigError as e:
             self.stats.reload_errors += 1
             self.stats.last_reload_error = str(e)
@@ -217,11 +232,28 @@ class Daemon:
             new, self._pending = self._pending, None
         if new is None:
             return
-        self.apply(new)
+        try:
+            self.apply(new)
+        except Exception as e:  # a config that cannot apply must not stop profiling
+            log.exception("applying a config failed; the previous config stays")
+            self._config_applied(new, e)
+            return
+        self._config_applied(new, None)
+
+    def _config_applied(self, new: cfg.KilnConfig, error: Exception | None) -> None:
+        for hook in list(self.config_hooks):
+            try:
+                hook(new, error)
+            except Exception:
+                log.exception("config hook failed")
 
     def apply(self, new: cfg.KilnConfig) -> list[str]:
         """Apply what can change live; return the keys that need a restart."""
         old = self.config
+        if new.exporters != old.exporters:
+            problems = export.validate(new.exporters)
+            if problems:
+                raise cfg.ConfigError(problems)  # before anything changed
         restart = [k for k in ("listen", "token", "data_dir") if getattr(old, k) != getattr(new, k)]
         rec = self.recorder
         if new.frequency != old.frequency:
@@ -235,6 +267,8 @@ class Daemon:
             rec.sampler.set_filters(p_new.pids, p_new.comms, p_new.kernel_stacks)
         if (p_old.python, p_old.unwind_tables) != (p_new.python, p_new.unwind_tables):
             restart.append("profile.python/unwind_tables")
+        if new.exporters != old.exporters:
+            self.exports.replace(new.exporters)
         self.store.retention_s = new.retention.max_age
         self.store.max_bytes = new.retention.max_bytes
         self.config = new

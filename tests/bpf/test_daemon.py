@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,10 @@ import pytest
 
 from profiler.store.sqlite import SqliteStore
 from symbolizer.proto import profile_pb2
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, free_port
 
 KILN = [sys.executable, "-m", "profiler.cli"]
 HOT = "burn_heavy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
