@@ -1,18 +1,21 @@
-"""Downloads of the current view: gzipped pprof and folded stacks.
+"""Downloads of the current view: gzipped pprof, folded stacks and OTLP Profiles.
 
 The file holds what the page shows: the same time range and label filters,
 and, when the view hides frame kinds or collapses recursion, the same
 frames (the file's comments say so). The writers are the CLI's own
-(`symbolizer.pprof`, `symbolizer.folded`).
+(`symbolizer.pprof`, `symbolizer.folded`) and the exporters' OTLP encoder
+(`symbolizer.otlp`: an ExportProfilesServiceRequest, protobuf, gzipped).
 """
 
 from __future__ import annotations
 
+import gzip
+import socket
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
-from symbolizer import folded, pprof
+from symbolizer import folded, otlp, pprof
 from symbolizer.profile import FrameKind, Profile
 from web import params
 from web.api import now_ns, query
@@ -110,5 +113,18 @@ def download_folded() -> Response:
         content_type="text/plain; charset=utf-8",
         headers={
             "Content-Disposition": f'attachment; filename="{_filename(selection, ".folded")}"'
+        },
+    )
+
+
+@bp.get("/otlp")
+def download_otlp() -> Response:
+    selection, profile = _selected()
+    resource = {"host.name": socket.gethostname(), "service.name": "kiln"}
+    return Response(
+        gzip.compress(otlp.encode(profile, resource), mtime=0),
+        content_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{_filename(selection, ".otlp.pb.gz")}"'
         },
     )

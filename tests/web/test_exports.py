@@ -1,13 +1,14 @@
-"""Downloads (pprof, folded) and Kiln's own /metrics."""
+"""Downloads (pprof, folded, OTLP) and Kiln's own /metrics."""
 
 from __future__ import annotations
 
 import gzip
 
 from flask.testing import FlaskClient
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as svc
 
 from profiler.store.api import StoreStats
-from symbolizer import folded, pprof
+from symbolizer import folded, otlp, pprof
 from symbolizer.profile import FrameKind
 from symbolizer.proto import profile_pb2
 from tests.web.conftest import agent_status
@@ -49,6 +50,19 @@ def test_folded_download(client: FlaskClient) -> None:
     assert f"main;run;{HOT} {WINDOWS * 200}\n" in text
     assert "main;recurse;leaf " in text
     assert folded.parse(text).total_samples == WINDOWS * SAMPLES_PER_WINDOW
+
+
+def test_otlp_download_is_a_valid_export_request(client: FlaskClient) -> None:
+    r = client.get(f"/download/otlp?{ALL}&pid=200")
+    assert r.status_code == 200
+    assert r.headers["Content-Disposition"].endswith('.otlp.pb.gz"')
+    req = svc.ExportProfilesServiceRequest.FromString(gzip.decompress(r.get_data()))
+    assert otlp.validate_request(req) == []
+    samples = list(otlp.iter_samples(req))
+    assert sum(s.count for s in samples) == WINDOWS * 40
+    assert {s.resource.get("process.pid") for s in samples} == {200}
+    names = {f.function for s in samples for f in s.frames}
+    assert EVIL in names
 
 
 def test_empty_download_is_a_valid_profile(client: FlaskClient) -> None:

@@ -633,6 +633,7 @@
     const q = viewParams();
     $("dl-pprof").setAttribute("href", "/download/pprof?" + q.toString());
     $("dl-folded").setAttribute("href", "/download/folded?" + q.toString());
+    $("dl-otlp").setAttribute("href", "/download/otlp?" + q.toString());
   }
 
   function report(e) {
