@@ -553,6 +553,30 @@ def main() -> int:
         )
     )
 
+    from tools.bench_otlp import measure as bench_otlp
+
+    ol = bench_otlp()
+    rows.append(
+        (
+            "OTLP Profiles encoding throughput",
+            "-",
+            f"{ol['samples_per_s'] / 1e3:.0f} k samples/s ({ol['rows']} rows, "
+            f"{ol['distinct_stacks']} stacks, {ol['resources']} processes in "
+            f"{ol['encode_ms']:.0f} ms)",
+            str(ol["how"]),
+        )
+    )
+    rows.append(
+        (
+            "bytes per sample, OTLP vs pprof",
+            "-",
+            f"gzipped {ol['otlp_gz_bytes_per_sample']:.1f} vs {ol['pprof_gz_bytes_per_sample']:.1f}"
+            f" B ({ol['otlp_vs_pprof_gz']:.2f}x); raw {ol['otlp_raw_bytes_per_sample']:.1f} vs "
+            f"{ol['pprof_raw_bytes_per_sample']:.1f} B",
+            "the same window encoded both ways",
+        )
+    )
+
     sym = bench_symbolize()
     rows.append(
         (
