@@ -127,17 +127,18 @@ def bench(tmp: Path, rounds: int = 250, repeats: int = 3) -> dict[str, object]:
     out: dict[str, object] = {"py_spy": py_spy is not None}
     for tool in tools[1:]:
         wall = statistics.median(int(str(r["elapsed_ns"])) for r in runs[tool])
-        errors, shares = [], []
+        errors, shares, samples = [], [], 0
         for r in runs[tool]:
             cpu, counts = r["cpu"], r["counts"]
             assert isinstance(cpu, dict) and isinstance(counts, Counter)
             shares.append(_share(counts))
             errors.append(abs(_share(counts) - _share(cpu)))
+            samples += sum(counts.values())
         out[tool] = {
             "slowdown_pct": 100 * (wall - base) / base,
             "share_a_pct": statistics.median(shares),
             "max_error_pp": max(errors),
-            "samples": sum(sum(r["counts"].values()) for r in runs[tool]),  # type: ignore[attr-defined]
+            "samples": samples,
         }
     truth = [_share(r["cpu"]) for t in tools for r in runs[t]]  # type: ignore[arg-type]
     out["truth_share_a_pct"] = statistics.median(truth)
