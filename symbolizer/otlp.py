@@ -53,7 +53,7 @@ from opentelemetry.proto.collector.profiles.v1development import profiles_servic
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
 
-from symbolizer.profile import Frame, FrameKind, Labels, Profile
+from symbolizer.profile import Frame, FrameKind, Labels, Profile, int_label
 from symbolizer.profile import Mapping as ModelMapping
 
 OTLP_PROTO_VERSION = "1.10.0"
@@ -100,7 +100,6 @@ Attributes = dict[str, AttrValue]
 
 _PROCESS_ATTRS = {v: k for k, v in PROCESS_LABELS.items()}
 _THREAD_ATTRS = {v: k for k, v in THREAD_LABELS.items()}
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 # -- labels <-> attributes -------------------------------------------------
@@ -109,7 +108,7 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 def typed(key: str, value: str) -> AttrValue:
     """An attribute's value from a label's: ints for the keys that hold ids."""
     if key in INT_ATTRIBUTES or key in INT_LABELS:
-        n = _as_int64(value)
+        n = int_label(value)
         if n is not None:
             return n
     return value
@@ -445,16 +444,6 @@ def _profile_id(rkey: _ResourceKey, profile: Profile) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((rkey, profile.start_ns, profile.duration_ns, profile.period_ns)).encode())
     return h.digest()
-
-
-def _as_int64(value: str) -> int | None:
-    try:
-        n = int(value)
-    except ValueError:
-        return None
-    if str(n) != value or not _INT64[0] <= n <= _INT64[1]:
-        return None
-    return n
 
 
 # -- reading ---------------------------------------------------------------

@@ -51,7 +51,7 @@ from google.protobuf.message import DecodeError
 
 from profiler.errors import KilnError
 from symbolizer.folded import display_name, split_display_name
-from symbolizer.profile import FrameKind, Function, Labels, Location, Mapping, Profile
+from symbolizer.profile import FrameKind, Function, Labels, Location, Mapping, Profile, int_label
 from symbolizer.proto import profile_pb2 as pb
 
 SAMPLE_TYPES = (("samples", "count"), ("cpu", "nanoseconds"))
@@ -64,7 +64,6 @@ number is 0, and cpu 0, pid 0 and tid 0 (the idle task) are common; pprof
 shows an unknown unit as a bare number and `-tagfocus pid=42` still works."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 _UNNAMED = re.compile(r"(?:.*\+)?0x[0-9a-fA-F]+|\[unknown\]")
 _TIME_UNITS = {"nanoseconds": 1, "microseconds": 1_000, "milliseconds": 1_000_000, "seconds": 10**9}
 
@@ -117,7 +116,7 @@ def to_message(profile: Profile) -> pb.Profile:
         sample = msg.sample.add(location_id=stack, value=[n, n * profile.period_ns])
         for key, value in labels:
             label = sample.label.add(key=s(key))
-            number = _as_int64(value) if key in NUMERIC_LABELS else None
+            number = int_label(value) if key in NUMERIC_LABELS else None
             if number is None:
                 label.str = s(value)
             else:
@@ -198,17 +197,6 @@ def write(profile: Profile, dest: str | os.PathLike[str] | BinaryIO) -> None:
             f.write(data)
     else:
         dest.write(data)
-
-
-def _as_int64(value: str) -> int | None:
-    """`value` as an int when it is the canonical spelling of one in int64."""
-    try:
-        n = int(value)
-    except ValueError:
-        return None
-    if str(n) != value or not _INT64[0] <= n <= _INT64[1]:
-        return None
-    return n
 
 
 # -- reading -------------------------------------------------------------

@@ -80,6 +80,20 @@ class Location:
 Labels = tuple[tuple[str, str], ...]
 """A sample's labels, sorted by key; interned into label sets."""
 
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def int_label(value: str) -> int | None:
+    """A label value as an int when it is the canonical spelling of one in
+    int64 (so writing it as a number and reading it back gives the same text)."""
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    if str(n) != value or not _INT64[0] <= n <= _INT64[1]:
+        return None
+    return n
+
 
 class StringTable:
     """Interned strings; index 0 is always the empty string."""
