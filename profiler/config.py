@@ -249,7 +249,7 @@ def parse(text: str, source: str = "<config>") -> KilnConfig:
         problems = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line, col = _position(node, loc)
+            line, col = yaml_position(node, loc)
             path = ".".join(str(p) for p in loc) or "(top)"
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{source}:{line}:{col}: {path}: {msg}")
@@ -264,7 +264,7 @@ def load(path: Path) -> KilnConfig:
     return parse(text, str(path))
 
 
-def _position(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int, int]:
+def yaml_position(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int, int]:
     """1-based line/column of the deepest node on `loc` that exists."""
     best = node
     for key in loc:
