@@ -84,10 +84,12 @@ def browser_unavailable_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole session (Playwright's sync API
-    allows one running instance per thread)."""
+    """Headless Chromium for one test module. Not longer: Playwright's sync
+    API keeps an asyncio loop running in the main thread while it is open,
+    and libraries with sync APIs over asyncio (pyroute2) cannot start their
+    own then."""
     reason = browser_unavailable_reason()
     if reason is not None:
         skip_outside_ci(reason)
