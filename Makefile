@@ -7,10 +7,10 @@ PY       := $(VENV)/bin/python
 STAMP    := .make
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps host venv vendor run test test-unit test-bpf lint bench clean
+.PHONY: help deps host venv vendor run test test-unit test-bpf lint bench clean install-host uninstall-host box vm-test
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 deps: host venv ## install everything Kiln and its tests need (idempotent)
 
@@ -47,6 +47,18 @@ lint: deps ## ruff and mypy
 
 bench: deps ## measure the issues' figures side by side, write BENCHMARKS.md
 	$(PY) tools/bench.py --output BENCHMARKS.md
+
+install-host: ## install Kiln as a systemd service on this host (vagrant/provision.sh, as root)
+	@vagrant/provision.sh
+
+uninstall-host: ## remove kiln.service and /opt/kiln; config and data stay unless PURGE=1
+	@vagrant/uninstall.sh $(if $(PURGE),--purge)
+
+box: ## build the local Debian 12 Vagrant box (libvirt): build/kiln-debian12.box
+	@tools/vm/build-image.sh --box build/kiln-debian12.box >/dev/null
+
+vm-test: deps ## boot the Debian 12 image under KVM, install Kiln in it, check it from the host
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/vm
 
 clean: ## remove the venv and build stamps
 	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache

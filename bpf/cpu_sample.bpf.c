@@ -72,6 +72,14 @@ BPF_TABLE("lru_hash", u32, u64, unknown_pc_sent, 4096);
 /* CPython processes and how to read them (see kiln.h). */
 BPF_HASH(py_procs, u32, struct kiln_py_proc, KILN_PID_FILTER_ENTRIES);
 BPF_TABLE("lru_hash", u64, struct kiln_py_thread, py_threads, 16384);
+/* A sample handed from on_cpu_sample to on_python_sample (tail call). */
+struct kiln_pending {
+	struct kiln_sample_key key;
+	u32 half;
+	u32 _pad;
+};
+BPF_PERCPU_ARRAY(pending, struct kiln_pending, 1);
+BPF_PROG_ARRAY(py_prog, 1);
 
 static __always_inline void count(u32 idx)
 {
@@ -530,9 +538,59 @@ static __always_inline void record(struct kiln_sample_key *key, u32 half, u64 no
 	events.ringbuf_submit(ev, 0);
 }
 
+/* Store a sample's stacks (from the scratch slots) and count it. */
+static __always_inline void finish(struct kiln_sample_key *key, u32 half)
+{
+	u32 user_slot = SCRATCH_USER, kernel_slot = SCRATCH_KERNEL, py_slot = SCRATCH_PYTHON;
+	struct kiln_stack *ust = scratch.lookup(&user_slot);
+	struct kiln_stack *kst = scratch.lookup(&kernel_slot);
+	struct kiln_stack *pst = scratch.lookup(&py_slot);
+	if (!ust || !kst || !pst)
+		return;
+	u64 now = bpf_ktime_get_ns();
+	struct kiln_sample_value init = {.count = 1, .first_ns = now, .last_ns = now};
+	struct kiln_sample_value *v;
+	int inserted = 0;
+
+	/* Two spelled-out halves: BCC's map rewriting does not see through macros. */
+	if (half == 0) {
+		if (key->ustack && stored(stacks0.insert(&key->ustack, ust)) != 0)
+			key->ustack = 0;
+		if (key->kstack && stored(stacks0.insert(&key->kstack, kst)) != 0)
+			key->kstack = 0;
+		if (key->pystack && stored(stacks0.insert(&key->pystack, pst)) != 0)
+			key->pystack = 0;
+		v = counts0.lookup(key);
+		if (!v) {
+			inserted = counts0.insert(key, &init);
+			if (inserted == -EEXIST) {
+				v = counts0.lookup(key); /* another CPU inserted it first */
+				inserted = 0;
+			}
+		}
+	} else {
+		if (key->ustack && stored(stacks1.insert(&key->ustack, ust)) != 0)
+			key->ustack = 0;
+		if (key->kstack && stored(stacks1.insert(&key->kstack, kst)) != 0)
+			key->kstack = 0;
+		if (key->pystack && stored(stacks1.insert(&key->pystack, pst)) != 0)
+			key->pystack = 0;
+		v = counts1.lookup(key);
+		if (!v) {
+			inserted = counts1.insert(key, &init);
+			if (inserted == -EEXIST) {
+				v = counts1.lookup(key);
+				inserted = 0;
+			}
+		}
+	}
+	record(key, half, now, v, inserted);
+}
+
+
 int on_cpu_sample(struct bpf_perf_event_data *ctx)
 {
-	u32 zero = 0, user_slot = SCRATCH_USER, kernel_slot = SCRATCH_KERNEL, py_slot = SCRATCH_PYTHON;
+	u32 zero = 0;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 pid = id >> 32;
 	struct kiln_config *cfg = config.lookup(&zero);
@@ -570,56 +628,40 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 		key.ustack = user_stack(pid, &key.leaf_caller);
 		if (key.leaf_caller)
 			count(KILN_CTR_LEAF_FIXED);
-		key.pystack = python_stack(pid, key.tid, bpf_ktime_get_ns());
 	}
 	if (flags & KILN_F_KERNEL_STACKS)
 		key.kstack = kernel_stack(ctx);
-
-	struct kiln_stack *ust = scratch.lookup(&user_slot);
-	struct kiln_stack *kst = scratch.lookup(&kernel_slot);
-	struct kiln_stack *pst = scratch.lookup(&py_slot);
-	if (!ust || !kst || !pst)
-		return 0;
-	u64 now = bpf_ktime_get_ns();
-	struct kiln_sample_value init = {.count = 1, .first_ns = now, .last_ns = now};
-	struct kiln_sample_value *v;
-	int inserted = 0;
-
-	/* Two spelled-out halves: BCC's map rewriting does not see through macros. */
-	if (half == 0) {
-		if (key.ustack && stored(stacks0.insert(&key.ustack, ust)) != 0)
-			key.ustack = 0;
-		if (key.kstack && stored(stacks0.insert(&key.kstack, kst)) != 0)
-			key.kstack = 0;
-		if (key.pystack && stored(stacks0.insert(&key.pystack, pst)) != 0)
-			key.pystack = 0;
-		v = counts0.lookup(&key);
-		if (!v) {
-			inserted = counts0.insert(&key, &init);
-			if (inserted == -EEXIST) {
-				v = counts0.lookup(&key); /* another CPU inserted it first */
-				inserted = 0;
-			}
-		}
-	} else {
-		if (key.ustack && stored(stacks1.insert(&key.ustack, ust)) != 0)
-			key.ustack = 0;
-		if (key.kstack && stored(stacks1.insert(&key.kstack, kst)) != 0)
-			key.kstack = 0;
-		if (key.pystack && stored(stacks1.insert(&key.pystack, pst)) != 0)
-			key.pystack = 0;
-		v = counts1.lookup(&key);
-		if (!v) {
-			inserted = counts1.insert(&key, &init);
-			if (inserted == -EEXIST) {
-				v = counts1.lookup(&key);
-				inserted = 0;
-			}
+#ifndef KILN_NO_PYTHON
+	if (pid != 0 && py_procs.lookup(&pid)) {
+		/* The Python walk runs in its own program: one program with both
+		 * walks is more than older verifiers (6.1) can follow. */
+		struct kiln_pending *p = pending.lookup(&zero);
+		if (p) {
+			__builtin_memcpy(&p->key, &key, sizeof(key));
+			p->half = half;
+			py_prog.call(ctx, 0); /* does not return when it runs */
 		}
 	}
-	record(&key, half, now, v, inserted);
+#endif
+	finish(&key, half);
 	return 0;
 }
+
+/* Tail-called for samples of CPython processes: walk the Python stack,
+ * then store the sample like on_cpu_sample would have. */
+int on_python_sample(struct bpf_perf_event_data *ctx)
+{
+	u32 zero = 0;
+	struct kiln_pending *p = pending.lookup(&zero);
+	if (!p)
+		return 0;
+	struct kiln_sample_key key = {};
+	__builtin_memcpy(&key, &p->key, sizeof(key));
+	key.pystack = python_stack(key.pid, key.tid, bpf_ktime_get_ns());
+	finish(&key, p->half);
+	return 0;
+}
+
 
 /* Process lifecycle, so user space reads a new image's maps right after
  * exec and keeps an exited process's data for samples taken before exit. */

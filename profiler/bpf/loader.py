@@ -163,6 +163,15 @@ class BccBackend:
                 f"the kernel or BCC refused Kiln's BPF program: {e}",
                 "run `kiln doctor`; it checks the BPF syscall, BTF, headers and limits",
             ) from e
+        try:
+            # The Python walker, tail-called from on_cpu_sample (see the C).
+            walker = self._bpf.load_func(b"on_python_sample", bcc.BPF.PERF_EVENT)
+            self._bpf[b"py_prog"][ctypes.c_int(0)] = ctypes.c_int(walker.fd)
+        except Exception as e:
+            raise BpfUnavailableError(
+                f"the kernel refused Kiln's Python stack walker: {e}",
+                "run `kiln doctor`; or run with `--no-python`",
+            ) from e
         self._attached_hz = 0
         self._on_event: EventHandler | None = None
         self._bpf[b"events"].open_ring_buffer(self._ringbuf_callback)
