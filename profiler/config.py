@@ -228,8 +228,9 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def parse(text: str, source: str = "<config>") -> KilnConfig:
-    """Validate one YAML text; raises ConfigError naming every problem's line."""
+def load_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A config text's mapping and its node tree (for positions); ConfigError
+    for a text too large, not YAML, nested absurdly deep, or not a mapping."""
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{source}: larger than {MAX_CONFIG_BYTES} bytes"])
     try:
@@ -239,10 +240,18 @@ def parse(text: str, source: str = "<config>") -> KilnConfig:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise ConfigError([f"{where}: {getattr(e, 'problem', None) or e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply"]) from None
     if data is None:
-        data = {}
+        return {}, node
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1:1: the top level must be a mapping of keys"])
+    return data, node
+
+
+def parse(text: str, source: str = "<config>") -> KilnConfig:
+    """Validate one YAML text; raises ConfigError naming every problem's line."""
+    data, node = load_yaml(text, source)
     try:
         return KilnConfig.model_validate(data)
     except ValidationError as e:

@@ -190,6 +190,11 @@ class BccBackend:
                 cpu=-1,
             )
         except Exception as e:
+            if "Failed to load BPF program" in str(e):  # the verifier, not the event
+                raise BpfUnavailableError(
+                    f"the kernel's verifier refused Kiln's sampling program: {e}",
+                    "run `kiln doctor`, and report the kernel version (uname -r) with this error",
+                ) from e
             raise BpfUnavailableError(
                 f"cannot attach to the cpu-clock perf event at {frequency_hz} Hz: {e}",
                 "lower --frequency below /proc/sys/kernel/perf_event_max_sample_rate",

@@ -134,21 +134,10 @@ def validate(
 
 
 def _load(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None]:
-    if len(text.encode()) > cfg.MAX_CONFIG_BYTES:
-        raise RemoteConfigError(f"{source}: larger than {cfg.MAX_CONFIG_BYTES} bytes")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise RemoteConfigError(f"{where}: {getattr(e, 'problem', None) or e}") from None
-    except RecursionError:
-        raise RemoteConfigError(f"{source}: nested too deeply") from None
-    if data is None:
-        return {}, node
-    if not isinstance(data, dict):
-        raise RemoteConfigError(f"{source}:1:1: the top level must be a mapping of keys")
+        data, node = cfg.load_yaml(text, source)
+    except cfg.ConfigError as e:
+        raise RemoteConfigError("; ".join(e.problems)) from None
     refused = [str(k) for k in data if k not in cfg.REMOTE_KEYS]
     if refused:
         problems = [f"{_key_where(node, k, source)}: {k}: cannot be set remotely" for k in refused]
