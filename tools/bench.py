@@ -134,7 +134,7 @@ def daemon_cpu(hz: int, seconds: float, tmp: Path, warmup: float = 20.0) -> dict
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_line(proc, "kiln run")
+    wait_line(proc, "UI at")
     time.sleep(warmup)
     c0, t0 = cpu_ns(proc.pid), time.monotonic()
     time.sleep(seconds)
