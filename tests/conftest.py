@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -61,7 +61,7 @@ def fixture_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fixtures")
 
 
-def skip_outside_ci(reason: str) -> None:
+def skip_outside_ci(reason: str) -> NoReturn:
     """Skip for a missing tool or feature, but only outside CI: with CI=true the
     machine is set up by `make deps`, so the same condition is a failure."""
     if IN_CI:

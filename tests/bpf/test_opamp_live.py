@@ -23,7 +23,8 @@ import pytest
 
 from profiler.opamp.remote_config import RemoteConfigStore
 from profiler.opamp.wire import pb
-from tests.opamp.server import OpampTestServer, free_port
+from tests.conftest import free_port
+from tests.opamp.server import OpampTestServer
 
 KILN = [sys.executable, "-m", "profiler.cli"]
 WINDOW_S = 2.0

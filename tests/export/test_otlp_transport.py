@@ -36,14 +36,6 @@ def batch() -> ExportBatch:
     return batch_of(workload())
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    found = make_ca(tmp_path_factory.mktemp("pki"))
-    if found is None:
-        pytest.skip("neither the cryptography package nor the openssl CLI is available")
-    return found
-
-
 @pytest.fixture
 def closed_port() -> int:
     with socket.socket() as s:

@@ -13,7 +13,7 @@ from profiler.export.proto import parca_profilestore_pb2_grpc as ps_grpc
 from profiler.export.transports import Settings, make_transport
 from symbolizer import pprof
 from symbolizer.profile import Frame, Profile
-from tests.export.receivers import GrpcFailure, ParcaReceiver, Pki, make_ca
+from tests.export.receivers import GrpcFailure, ParcaReceiver, Pki
 from tests.export.workload import RESOURCE, START_NS, batch_of, profile_share, workload
 
 
@@ -124,14 +124,6 @@ def test_without_gzip(rx: ParcaReceiver) -> None:
     raw = rx.requests[0].series[0].samples[0].raw_profile
     assert raw[:2] != b"\x1f\x8b"
     assert pprof.decode(raw).total_samples == 300
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    found = make_ca(tmp_path_factory.mktemp("pki"))
-    if found is None:
-        pytest.skip("neither the cryptography package nor the openssl CLI is available")
-    return found
 
 
 def test_tls(pki: Pki) -> None:

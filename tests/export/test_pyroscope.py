@@ -17,7 +17,7 @@ from profiler.export.rules import apply_rules, compile_rules
 from profiler.export.transports import Settings, make_transport
 from symbolizer import pprof
 from symbolizer.profile import Frame, Profile
-from tests.export.receivers import HttpReceiver, HttpReply, HttpRequest, Pki, make_ca
+from tests.export.receivers import HttpReceiver, HttpReply, HttpRequest, Pki
 from tests.export.workload import HOT, RESOURCE, START_NS, batch_of, profile_share, workload
 
 PUSH = "/push.v1.PusherService/Push"
@@ -237,14 +237,6 @@ def test_errors(rx: HttpReceiver) -> None:
     assert r429.retryable and "resource_exhausted: ingestion rate limit" in r429.error
     assert not r400.retryable and "bad labels" in r400.error
     assert not r401.ok and not r401.retryable
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    found = make_ca(tmp_path_factory.mktemp("pki"))
-    if found is None:
-        pytest.skip("neither the cryptography package nor the openssl CLI is available")
-    return found
 
 
 def test_tls(pki: Pki) -> None:

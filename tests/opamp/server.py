@@ -40,6 +40,7 @@ from websockets.sync.server import Server, ServerConnection
 from websockets.sync.server import serve as ws_serve
 
 from profiler.opamp.wire import pb
+from tests.conftest import free_port
 
 SERVER_CAPABILITIES = (
     pb.ServerCapabilities_AcceptsStatus
@@ -47,13 +48,6 @@ SERVER_CAPABILITIES = (
     | pb.ServerCapabilities_AcceptsEffectiveConfig
 )
 MAX_REQUEST = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

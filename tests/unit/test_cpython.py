@@ -27,6 +27,7 @@ from profiler.procfs import MapEntry, parse_maps
 from symbolizer.elf import Segment, open_regular
 from symbolizer.interpreters import cpython
 from symbolizer.interpreters.linetable import line_for
+from tests.conftest import skip_outside_ci
 from tests.unit.test_linetable import FIXTURES, INTERPRETERS, interpreter_or_skip
 
 WALKABLE = [i for i in INTERPRETERS if not i[0].startswith(("pyenv-3.6", "pyenv-3.7"))]
@@ -194,7 +195,7 @@ def real_elf() -> bytes:
     for candidate in (LIBPYTHON_312, Path("/usr/bin/python3.11")):
         if candidate.exists():
             return candidate.read_bytes()
-    pytest.skip("no CPython binary installed here (CI has all pyenv versions)")
+    skip_outside_ci("no CPython binary installed here (CI has all pyenv versions)")
 
 
 @settings(

@@ -118,10 +118,8 @@ def repo_files() -> list[str]:
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     problem = kvm_problem()
-    if problem is not None and not os.path.exists("/dev/kvm"):
-        pytest.skip(problem)
     if problem is not None:
-        skip_outside_ci(problem)
+        skip_outside_ci(problem)  # CI machines have /dev/kvm
     if os.geteuid() != 0:
         skip_outside_ci("building the VM image needs root (debootstrap, loop devices)")
     ARTIFACTS.mkdir(exist_ok=True)
