@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from profiler.errors import KilnError
 from profiler.kernel_headers import find_headers
 
@@ -154,6 +156,37 @@ def check_bcc() -> Check:
     return Check("BCC python bindings", True, f"bcc from {Path(bcc.__file__).parent}")
 
 
+def sort_problem(argsort: Callable[[np.ndarray], np.ndarray], n: int = 4096) -> str | None:
+    """What is wrong with `argsort` on a random int64 array with repeats, or None.
+    The store and symbolizer rely on numpy's vectorized sorts (np.unique); an
+    emulated CPU can get them wrong (qemu 7.2's AVX2 did) and make sound data
+    look damaged."""
+    values = np.random.default_rng(7).integers(0, n // 4, n, dtype=np.int64)
+    order = argsort(values)
+    if sorted(order.tolist()) != list(range(n)):
+        return "argsort did not return a permutation"
+    if values[order].tolist() != sorted(values.tolist()):
+        return "argsort did not sort"
+    return None
+
+
+def check_numpy_sort() -> Check:
+    # numpy keeps its runtime dispatch table in a private module: read it loosely.
+    umath = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
+    features = getattr(umath, "__cpu_features__", {})
+    simd = ",".join(f for f in ("X86_V3", "X86_V4") if features.get(f)) or "baseline"
+    problem = sort_problem(lambda a: a.argsort(kind="quicksort"))
+    if problem is None:
+        return Check("numpy sorting", True, f"correct ({simd} code)")
+    return Check(
+        "numpy sorting",
+        False,
+        f"{problem} with this CPU's {simd} code (a CPU emulator bug?)",
+        "set NPY_DISABLE_CPU_FEATURES='X86_V3 X86_V4' in Kiln's environment "
+        "(systemctl edit kiln), or give the VM a CPU model without AVX2",
+    )
+
+
 CHECKS: list[Callable[[], Check]] = [
     check_root,
     check_bpf_syscall,
@@ -163,6 +196,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_headers,
     check_tracefs,
     check_bcc,
+    check_numpy_sort,
 ]
 
 

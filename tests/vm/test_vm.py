@@ -201,11 +201,6 @@ def test_ui_answers_on_the_forwarded_port(guest: Guest) -> None:
     assert flame_tree(body)["name"] == "all"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="store defect seen only in the VM: 'referenced locations rows are missing' "
-    "(see the closing note of issue 5); remove once fixed",
-)
 def test_workload_shows_in_the_flamegraph(guest: Guest) -> None:
     # Built and run as the unprivileged vagrant user from /tmp: the service,
     # with its own private /tmp, must still read and symbolize it.
@@ -238,11 +233,6 @@ def test_workload_shows_in_the_flamegraph(guest: Guest) -> None:
     assert sum(n["value"] for n in user) > 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="store defect seen only in the VM: 'referenced locations rows are missing' "
-    "(see the closing note of issue 5); remove once fixed",
-)
 def test_workload_is_in_the_downloaded_pprof(guest: Guest) -> None:
     status, body = guest.http("/download/pprof?from=now-5m&to=now")
     assert status == 200
@@ -284,11 +274,6 @@ def _history_has_workload(guest: Guest, until_ms: int) -> bool:
     return any(find_nodes(flame_tree(body), lambda n: n["name"] == USER_FN))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="store defect seen only in the VM: 'referenced locations rows are missing' "
-    "(see the closing note of issue 5); remove once fixed",
-)
 def test_restart_keeps_history(guest: Guest) -> None:
     assert guest.burn_start_ms, "needs the workload test's samples"
     before_ms = guest.guest_ms()
@@ -301,11 +286,6 @@ def test_restart_keeps_history(guest: Guest) -> None:
     assert _history_has_workload(guest, before_ms), "samples from before the restart are gone"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="store defect seen only in the VM: 'referenced locations rows are missing' "
-    "(see the closing note of issue 5); remove once fixed",
-)
 def test_upgrade_keeps_config_and_history(guest: Guest) -> None:
     # A new release is a changed tree: provisioning reinstalls and restarts.
     conf_before = guest.sh(f"sudo cat {CONF}")

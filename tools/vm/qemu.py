@@ -163,8 +163,10 @@ class Vm:
 
     def accel_args(self) -> list[str]:
         if self.accel == "tcg":
-            # "max" has the SSE4/AVX2 that numpy's wheels require.
-            return ["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max"]
+            # Nehalem has the SSE4.2/POPCNT (x86-64-v2) numpy's wheels require and
+            # no AVX: qemu 7.2's AVX2 emulation miscomputes numpy's x86-64-v3
+            # argsort (np.unique returned duplicates, so the store looked damaged).
+            return ["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "Nehalem"]
         # Without arch-capabilities: nested under recent host kernels, qemu 7.2
         # fails to set that MSR and aborts.
         return ["-machine", "pc,accel=kvm", "-cpu", "host,-arch-capabilities"]
