@@ -121,6 +121,8 @@ class ExporterConfig(_Strict):
     gzip: bool = True
     timeout: Seconds = 10.0
     queue_batches: int = Field(default=60, ge=1, le=10_000)
+    # gRPC receivers refuse messages over 4 MiB by default; bigger windows are split.
+    max_request_bytes: Annotated[Bytes, Field(ge=64 << 10)] = 4 << 20
     service_name: str = ""
     filter: RulesConfig = RulesConfig()
     transform: RulesConfig = RulesConfig()

@@ -330,10 +330,12 @@ def to_request(
     group_by: GroupBy = "process",
     scope_version: str = "",
     sample_timestamps: bool = True,
+    part: int = 0,
 ) -> svc.ExportProfilesServiceRequest:
     """The OTLP export request for `profile` (see the module docstring).
 
-    `resource` is the batch's resource (host.name, service.name, ...).
+    `resource` is the batch's resource (host.name, service.name, ...); `part`
+    tells apart the profile ids of a window sent as several requests.
     """
     base = dict(resource or {})
     req = svc.ExportProfilesServiceRequest()
@@ -383,7 +385,7 @@ def to_request(
             period=profile.period_ns,
             time_unix_nano=profile.start_ns,
             duration_nano=profile.duration_ns,
-            profile_id=_profile_id(rkey, profile),
+            profile_id=_profile_id(rkey, profile, part),
         )
         add = prof.samples.add
         for si, indices, n in samples:
@@ -440,9 +442,10 @@ class _Locator(dict[int, int]):
         return idx
 
 
-def _profile_id(rkey: _ResourceKey, profile: Profile) -> bytes:
+def _profile_id(rkey: _ResourceKey, profile: Profile, part: int = 0) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((rkey, profile.start_ns, profile.duration_ns, profile.period_ns)).encode())
+    key: tuple[object, ...] = (rkey, profile.start_ns, profile.duration_ns, profile.period_ns)
+    h.update(repr((*key, part) if part else key).encode())
     return h.digest()
 
 

@@ -9,7 +9,7 @@ transport turns it into its backend's wire format and makes one attempt;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from symbolizer.profile import Profile
 
@@ -22,6 +22,7 @@ class ExportBatch:
     duration_ns: int
     samples: int  # sum of counts (what "dropped" counters count)
     resource: dict[str, str] = field(default_factory=dict)  # host.name, service.name, ...
+    part: int = 0  # a batch too big for one request goes as parts numbered from 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +52,19 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+R = TypeVar("R")
+
+
+class TwoPhaseTransport(Transport, Protocol[R]):
+    """A transport whose attempt can be taken apart: build the request, measure
+    it, send it (what profiler.export.split needs to cut big batches)."""
+
+    def prepare(self, batch: ExportBatch) -> R: ...
+
+    def request_bytes(self, request: R) -> int:
+        """Bytes the receiver checks against its limit (before compression)."""
+        ...
+
+    def deliver(self, request: R, batch: ExportBatch, timeout_s: float) -> SendResult: ...

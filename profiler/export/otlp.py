@@ -58,6 +58,7 @@ def build_request(
         resource_of(batch.resource, settings),
         group_by=group_by,
         scope_version=SCOPE_VERSION,
+        part=batch.part,
     )
 
 
@@ -113,8 +114,18 @@ class OtlpGrpcTransport:
             )
         return self._export
 
+    def prepare(self, batch: ExportBatch) -> svc.ExportProfilesServiceRequest:
+        return build_request(batch, self.settings, self.group_by)
+
+    def request_bytes(self, request: svc.ExportProfilesServiceRequest) -> int:
+        return request.ByteSize()
+
     def send(self, batch: ExportBatch, timeout_s: float) -> SendResult:
-        req = build_request(batch, self.settings, self.group_by)
+        return self.deliver(self.prepare(batch), batch, timeout_s)
+
+    def deliver(
+        self, req: svc.ExportProfilesServiceRequest, batch: ExportBatch, timeout_s: float
+    ) -> SendResult:
         n_profiles = len(req.resource_profiles)
         if not n_profiles:
             return SendResult(ok=True)
@@ -147,8 +158,18 @@ class OtlpHttpTransport:
         self.target = http_target(settings.endpoint, HTTP_PATH, settings, what="OTLP HTTP")
         self._poster = HttpPoster(self.target, settings)
 
+    def prepare(self, batch: ExportBatch) -> svc.ExportProfilesServiceRequest:
+        return build_request(batch, self.settings, self.group_by)
+
+    def request_bytes(self, request: svc.ExportProfilesServiceRequest) -> int:
+        return request.ByteSize()
+
     def send(self, batch: ExportBatch, timeout_s: float) -> SendResult:
-        req = build_request(batch, self.settings, self.group_by)
+        return self.deliver(self.prepare(batch), batch, timeout_s)
+
+    def deliver(
+        self, req: svc.ExportProfilesServiceRequest, batch: ExportBatch, timeout_s: float
+    ) -> SendResult:
         n_profiles = len(req.resource_profiles)
         if not n_profiles:
             return SendResult(ok=True)

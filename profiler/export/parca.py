@@ -159,8 +159,21 @@ class ParcaTransport:
             )
         return self._write
 
+    prepare = build
+
+    def request_bytes(self, built: tuple[ps.WriteRawRequest, int, list[str]]) -> int:
+        return built[0].ByteSize()
+
     def send(self, batch: ExportBatch, timeout_s: float) -> SendResult:
-        req, dropped, reasons = self.build(batch)
+        return self.deliver(self.build(batch), batch, timeout_s)
+
+    def deliver(
+        self,
+        built: tuple[ps.WriteRawRequest, int, list[str]],
+        batch: ExportBatch,
+        timeout_s: float,
+    ) -> SendResult:
+        req, dropped, reasons = built
         reason = "; ".join(dict.fromkeys(reasons))
         if not req.series:
             return SendResult(ok=True, rejected=dropped, error=reason)

@@ -24,6 +24,7 @@ from profiler.export.api import ExportBatch, Transport
 from profiler.export.delivery import DeliveryConfig
 from profiler.export.exporter import Exporter
 from profiler.export.rules import Rules, apply_rules, compile_rules
+from profiler.export.split import SplitRequests
 from profiler.export.transports import make_transport
 from profiler.ottl import OttlError
 from symbolizer.profile import Profile
@@ -64,7 +65,7 @@ def validate(configs: Sequence[ExporterConfig]) -> list[str]:
 
 
 def _transport(c: ExporterConfig) -> Transport:
-    return make_transport(
+    inner = make_transport(
         c.type,
         endpoint=c.endpoint,
         headers=dict(c.headers),
@@ -75,6 +76,7 @@ def _transport(c: ExporterConfig) -> Transport:
         timeout_s=c.timeout,
         service_name=c.service_name,
     )
+    return SplitRequests(inner, c.max_request_bytes)
 
 
 class ExportPipeline:

@@ -181,8 +181,15 @@ class PyroscopeTransport:
                     )
         return series, tuple(sorted([*numeric, *kept.items()]))
 
+    prepare = plan
+
+    def request_bytes(self, plan: PushPlan) -> int:
+        return plan.request.ByteSize()
+
     def send(self, batch: ExportBatch, timeout_s: float) -> SendResult:
-        plan = self.plan(batch)
+        return self.deliver(self.plan(batch), batch, timeout_s)
+
+    def deliver(self, plan: PushPlan, batch: ExportBatch, timeout_s: float) -> SendResult:
         reason = "; ".join(dict.fromkeys(plan.reasons))
         if not plan.request.series:
             return SendResult(ok=True, rejected=plan.dropped_samples, error=reason)

@@ -50,7 +50,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from profiler.errors import KilnError
-from profiler.export.api import SendResult, Transport
+from profiler.export.api import SendResult, TwoPhaseTransport
 from profiler.export.proto import rpc_status_pb2
 from profiler.export.rules import rebuild
 from symbolizer import otlp
@@ -120,7 +120,7 @@ def make_transport(
     gzip: bool = True,
     timeout_s: float = 10.0,
     service_name: str = "",
-) -> Transport:
+) -> TwoPhaseTransport[Any]:
     """The transport for `kind` (one of KINDS); raises EndpointError for bad settings."""
     settings = Settings(
         endpoint=endpoint,
