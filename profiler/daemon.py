@@ -29,6 +29,7 @@ from profiler import config as cfg
 from profiler.bpf import abi
 from profiler.bpf.loader import MapSizes
 from profiler.export import pipeline as export
+from profiler.preflight import check_numpy_sort
 from profiler.recorder import Recorder
 from profiler.sampler import SamplerOptions
 from profiler.store.api import StoreError
@@ -82,6 +83,13 @@ class Daemon:
         # is in force, (config, error) when apply raised and the old one stays.
         # The OpAMP client reports APPLIED/FAILED from these.
         self.config_hooks: list[Callable[[cfg.KilnConfig, Exception | None], None]] = []
+        sorting = check_numpy_sort()
+        if not sorting.ok:
+            # Profiles would still be taken, but merged wrongly: say so up front.
+            log.error(
+                "numpy sorts wrongly here; stored profiles will read as damaged",
+                extra={"fields": {"problem": sorting.detail, "fix": sorting.fix}},
+            )
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(
