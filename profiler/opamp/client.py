@@ -45,6 +45,8 @@ from profiler.opamp.wire import MessageError, decode_server_to_agent, encode_age
 log = logging.getLogger("kiln.opamp")
 
 MIN_SEND_GAP_S = 0.1  # a server asking for full state on every reply cannot make us spin
+# Bounds for a heartbeat interval the server offers (seconds; 0 turns heartbeats off).
+HEARTBEAT_BOUNDS_S = (1.0, 86_400.0)
 DISCONNECT_TIMEOUT_S = 3.0
 ConfigHook = Callable[[cfg.KilnConfig, Exception | None], None]
 
@@ -123,6 +125,8 @@ class OpampClient:
         self.counters = {"sent": 0, "received": 0, "dropped": 0, "bad_request": 0}
         self._next_poll = 0.0
         self._last_send = -MIN_SEND_GAP_S
+        # None: no offer, so the configured interval (spec default 30 s) holds.
+        self.offered_heartbeat_s: float | None = None
         self._start_ns = time.time_ns() - int(1e9 * (time.monotonic() - daemon.stats.started))
         self._description: pb.AgentDescription | None = None
         self._effective: tuple[cfg.KilnConfig, pb.EffectiveConfig] | None = None
@@ -208,15 +212,23 @@ class OpampClient:
                 if gap > 0:
                     return gap
                 due = now >= self._next_poll
-                if due and not self.transport.polls:
-                    # WebSocket: no empty polls, but look at health this often.
-                    self._next_poll = now + self.poll_interval
-                if self._send(now, poll=due and self.transport.polls):
+                # HTTP polls whatever the server offered: it is the only way
+                # the server's messages get here. A heartbeat is a poll.
+                beat = due and (self.transport.polls or self.offered_heartbeat_s != 0)
+                if due and not beat:
+                    # WebSocket with heartbeats off: still look at health this often.
+                    self._next_poll = now + self.interval()
+                if self._send(now, poll=beat):
                     self._receive()
         except (TransportError, MessageError) as e:
             self._failed(e)
             return 0.0
-        return max(0.0, min(self._next_poll - self._clock(), self.poll_interval))
+        return max(0.0, min(self._next_poll - self._clock(), self.interval()))
+
+    def interval(self) -> float:
+        """Seconds between polls and heartbeats, counted from the last message sent."""
+        offered = self.offered_heartbeat_s
+        return offered if offered else self.poll_interval
 
     def _report_remote_status(self, now: float) -> None:
         # A new remote-config status goes out at once, whatever the send gap:
@@ -243,7 +255,7 @@ class OpampClient:
         self.session.sent(msg)
         self.counters["sent"] += 1
         self._last_send = now
-        self._next_poll = now + self.poll_interval
+        self._next_poll = now + self.interval()
         return True
 
     def _receive(self) -> None:
@@ -273,10 +285,28 @@ class OpampClient:
                 log.warning("ignored a new_instance_uid of %d bytes (must be 16)", len(new_uid))
         if msg.flags & pb.ServerToAgentFlags_ReportFullState:
             self.session.full_state = True
+        if msg.HasField("connection_settings") and msg.connection_settings.HasField("opamp"):
+            self._offer_heartbeat(msg.connection_settings.opamp.heartbeat_interval_seconds)
         if msg.HasField("remote_config"):
             self.remote.offer(msg.remote_config)
         if msg.HasField("command"):
             log.info("OpAMP command ignored (Kiln does not accept restart commands)")
+
+    def _offer_heartbeat(self, seconds: int) -> None:
+        """The spec: a ReportsHeartbeat agent uses the offered interval; 0 turns
+        heartbeats off (HTTP still polls at opamp.poll_interval)."""
+        low, high = HEARTBEAT_BOUNDS_S
+        value = 0.0 if seconds == 0 else min(max(float(seconds), low), high)
+        if value != seconds:
+            log.warning("OpAMP heartbeat interval of %d s offered; using %g s", seconds, value)
+        if value == self.offered_heartbeat_s:
+            return
+        self.offered_heartbeat_s = value
+        self._next_poll = min(self._next_poll, self._last_send + self.interval())
+        log.info(
+            "OpAMP heartbeat interval set by the server",
+            extra={"fields": {"seconds": value if value else "off"}},
+        )
 
     def _server_error(self, err: pb.ServerErrorResponse) -> None:
         text = err.error_message or "no message"
@@ -400,6 +430,11 @@ class OpampClient:
             "last_config_status": self.remote.state.value,
             "error": error,
             "instance_uid": str(uuid.UUID(bytes=self.session.instance_uid)),
+            "heartbeat": (
+                "off"
+                if self.offered_heartbeat_s == 0 and not self.transport.polls
+                else f"{self.interval():g}s"
+            ),
         }
 
 

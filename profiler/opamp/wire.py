@@ -18,15 +18,16 @@ from opentelemetry._opamp.proto import anyvalue_pb2, opamp_pb2
 pb = opamp_pb2
 anyvalue = anyvalue_pb2
 
-# Spec, "AgentToServer.capabilities": exactly what Kiln does. Not
-# ReportsHeartbeat (no heartbeat timer; HTTP polls and WebSocket pings keep
-# the link alive), not packages, connection settings, restart or own telemetry.
+# Spec, "AgentToServer.capabilities": exactly what Kiln does. Not packages,
+# connection settings (beyond the heartbeat interval the spec lets a
+# ReportsHeartbeat agent take from an offer), restart or own telemetry.
 CAPABILITIES = (
     pb.AgentCapabilities_ReportsStatus
     | pb.AgentCapabilities_AcceptsRemoteConfig
     | pb.AgentCapabilities_ReportsEffectiveConfig
     | pb.AgentCapabilities_ReportsRemoteConfig
     | pb.AgentCapabilities_ReportsHealth
+    | pb.AgentCapabilities_ReportsHeartbeat
 )
 
 _MAX_HEADER_BYTES = 10  # a varint of 64 bits

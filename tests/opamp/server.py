@@ -84,6 +84,7 @@ class OpampTestServer:
         self.received: list[Received] = []
         self.agents: dict[bytes, Agent] = {}
         self.remote: Any = None  # pb.AgentRemoteConfig offered
+        self.connection: Any = None  # pb.ConnectionSettingsOffers sent with every reply
         self.offered_at: float | None = None
         self.offer_sent_at: float | None = None  # first reply carrying the current offer
         self._full_state_once = False
@@ -122,6 +123,17 @@ class OpampTestServer:
             self.push_version += 1
             self.lock.notify_all()
         return bytes(rc.config_hash)
+
+    def offer_heartbeat(self, seconds: int) -> None:
+        """Offer OpAMPConnectionSettings.heartbeat_interval_seconds (0: heartbeats off)."""
+        offer = pb.ConnectionSettingsOffers(
+            hash=hashlib.sha256(str(seconds).encode()).digest(),
+            opamp=pb.OpAMPConnectionSettings(heartbeat_interval_seconds=seconds),
+        )
+        with self.lock:
+            self.connection = offer
+            self.push_version += 1
+            self.lock.notify_all()
 
     def request_full_state(self) -> None:
         with self.lock:
@@ -208,6 +220,8 @@ class OpampTestServer:
             return reply
 
     def _maybe_offer(self, agent: Agent, reply: Any) -> None:
+        if self.connection is not None and not agent.disconnected:
+            reply.connection_settings.CopyFrom(self.connection)
         if self.remote is None or agent.disconnected:
             return
         status = agent.remote_config_status

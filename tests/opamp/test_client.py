@@ -4,6 +4,7 @@ end to end, resilience."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 import uuid
@@ -63,11 +64,11 @@ def test_first_message_is_the_full_state_with_exact_capabilities(
     assert first.sequence_num == 0
     assert len(first.instance_uid) == 16
     assert uuid.UUID(bytes=first.instance_uid).version == 7
-    assert first.capabilities == CAPABILITIES == 0x1807
+    assert first.capabilities == CAPABILITIES == 0x3807
     for bit in ("ReportsStatus", "AcceptsRemoteConfig", "ReportsEffectiveConfig",
-                "ReportsRemoteConfig", "ReportsHealth"):  # fmt: skip
+                "ReportsRemoteConfig", "ReportsHealth", "ReportsHeartbeat"):  # fmt: skip
         assert first.capabilities & pb.AgentCapabilities.Value(f"AgentCapabilities_{bit}")
-    for bit in ("ReportsHeartbeat", "AcceptsPackages", "AcceptsRestartCommand"):
+    for bit in ("AcceptsOpAMPConnectionSettings", "AcceptsPackages", "AcceptsRestartCommand"):
         assert not first.capabilities & pb.AgentCapabilities.Value(f"AgentCapabilities_{bit}")
     assert all(first.HasField(p) for p in PARTS)
     assert not first.HasField("remote_config_status")  # nothing received yet
@@ -103,6 +104,81 @@ def test_http_polls_carry_only_identity_and_keep_numbering(clients: Clients) -> 
         assert_no_gaps(with_server)
     finally:
         with_server.stop()
+
+
+def heartbeats_after(server: OpampTestServer, t0: float) -> list[float]:
+    """When identity-only messages (heartbeats, polls) arrived after t0."""
+    with server.lock:
+        return [
+            r.at
+            for r in server.received
+            if r.at > t0 and not any(r.msg.HasField(p) for p in (*PARTS, "remote_config_status"))
+        ]
+
+
+def test_websocket_sends_heartbeats_at_the_configured_interval(clients: Clients) -> None:
+    server = OpampTestServer("ws").start()
+    try:
+        h = clients.make(server, opamp={"poll_interval": 0.3})
+        server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
+        t0 = time.monotonic()
+        server.wait_for("4 heartbeats", lambda: heartbeats_after(server, t0)[3:4], 5)
+        gaps = [
+            b - a
+            for a, b in zip(
+                heartbeats_after(server, t0), heartbeats_after(server, t0)[1:], strict=False
+            )
+        ]
+        assert all(0.25 <= g <= 1.0 for g in gaps[:3]), gaps
+        assert h.client.status()["heartbeat"] == "0.3s"
+        assert_no_gaps(server)
+    finally:
+        server.stop()
+
+
+def test_server_offered_heartbeat_interval_is_used(
+    server: OpampTestServer, clients: Clients
+) -> None:
+    h = clients.make(server, opamp={"poll_interval": 2.5})
+    server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
+    server.offer_heartbeat(1)
+    server.wait_for("the offer", lambda: h.client.offered_heartbeat_s == 1.0)
+    t0 = time.monotonic()
+    server.wait_for("4 heartbeats", lambda: heartbeats_after(server, t0)[3:4], 10)
+    beats = heartbeats_after(server, t0)[:4]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert all(0.8 <= g <= 1.8 for g in gaps), gaps  # 1 s offered, not 2.5 s configured
+    assert h.client.status()["heartbeat"] == "1s"
+    assert_no_gaps(server)
+
+
+def test_heartbeat_offer_of_zero_stops_websocket_heartbeats_not_http_polls(
+    server: OpampTestServer, clients: Clients
+) -> None:
+    h = clients.make(server, opamp={"poll_interval": 0.2})
+    server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
+    server.offer_heartbeat(0)
+    server.wait_for("the offer", lambda: h.client.offered_heartbeat_s == 0.0)
+    time.sleep(0.3)  # a message already due may still go
+    t0 = time.monotonic()
+    time.sleep(1.2)
+    beats = heartbeats_after(server, t0)
+    if server.transport == "ws":
+        assert beats == [] and h.client.status()["heartbeat"] == "off"
+    else:
+        assert len(beats) >= 3 and h.client.status()["heartbeat"] == "0.2s"
+
+
+def test_absurd_heartbeat_offer_is_bounded(clients: Clients) -> None:
+    server = OpampTestServer("ws").start()
+    try:
+        h = clients.make(server)
+        server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
+        server.offer_heartbeat(10**12)
+        server.wait_for("the offer", lambda: h.client.offered_heartbeat_s is not None)
+        assert h.client.status()["heartbeat"] == "86400s"
+    finally:
+        server.stop()
 
 
 def test_full_state_after_report_full_state(server: OpampTestServer, clients: Clients) -> None:

@@ -149,8 +149,9 @@ def test_capabilities_are_exactly_what_kiln_supports() -> None:
         "AgentCapabilities_ReportsEffectiveConfig",
         "AgentCapabilities_ReportsRemoteConfig",
         "AgentCapabilities_ReportsHealth",
+        "AgentCapabilities_ReportsHeartbeat",
     }
-    assert CAPABILITIES == 0x1 | 0x2 | 0x4 | 0x800 | 0x1000  # the spec's bit values
+    assert CAPABILITIES == 0x1 | 0x2 | 0x4 | 0x800 | 0x1000 | 0x2000  # the spec's bit values
 
 
 # -- session ---------------------------------------------------------------------
