@@ -7,7 +7,7 @@ PY       := $(VENV)/bin/python
 STAMP    := .make
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps host venv vendor run test test-unit test-bpf lint bench clean install-host uninstall-host box vm-test
+.PHONY: help deps host venv vendor run test test-unit test-bpf lint bench clean install-host uninstall-host box vm-test vm-test-ubuntu
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ box: ## build the local Debian 12 Vagrant box (libvirt): build/kiln-debian12.box
 
 vm-test: deps ## boot the Debian 12 image under KVM, install Kiln in it, check it from the host
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/vm
+
+vm-test-ubuntu: deps ## the same VM test with an Ubuntu 24.04 guest (not part of `make test`)
+	KILN_VM_DISTRO=ubuntu $(VENV)/bin/pytest -q -p no:cacheprovider tests/vm
 
 clean: ## remove the venv and build stamps
 	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Debian 12 VM image Kiln's VM test boots and `make box` packs:
-# debootstrap from deb.debian.org, Debian's stock kernel with its matching
-# headers, GRUB on an MBR disk (BIOS boot, what vagrant-libvirt gives a VM),
+# Builds the Debian 12 VM image Kiln's VM test boots and `make box` packs
+# (or, with --distro ubuntu, an Ubuntu 24.04 one for `make vm-test-ubuntu`):
+# debootstrap from the distribution's archive, its stock kernel with the
+# matching headers, GRUB on an MBR disk (BIOS boot, what vagrant-libvirt gives a VM),
 # DHCP on any wired interface, sshd, and a `vagrant` user (password vagrant,
 # passwordless sudo, Vagrant's well-known insecure key, which Vagrant swaps
 # for a fresh one on the first `vagrant up`).
@@ -15,10 +16,11 @@
 # venv and its packages take over five minutes.)
 #
 # The image is cached under $KILN_VM_CACHE (default /var/cache/kiln-vm),
-# keyed by a hash of this script and provision.sh's package list, and reused
-# until either changes. Prints the image directory (disk.qcow2, ssh_key).
+# keyed by the distribution, a hash of this script and provision.sh's package
+# list, and reused until either changes. Prints the image directory
+# (disk.qcow2, ssh_key).
 #
-#   tools/vm/build-image.sh [--box FILE.box]
+#   tools/vm/build-image.sh [--distro debian|ubuntu] [--box FILE.box]
 #
 # Needs root (debootstrap, chroot) and installs its own tools
 # (debootstrap, qemu-utils, fdisk) from apt when missing.
@@ -31,23 +33,50 @@ trap 'echo "build-image: error: line $LINENO: $BASH_COMMAND failed" >&2' ERR
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${KILN_VM_CACHE:-/var/cache/kiln-vm}
-MIRROR=${KILN_VM_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
 DISK_GB=8
 
 box=""
+distro=${KILN_VM_DISTRO:-debian}
 while [ $# -gt 0 ]; do
   case $1 in
     --box) [ $# -ge 2 ] || die "--box needs a file name"; box=$2; shift 2 ;;
+    --distro) [ $# -ge 2 ] || die "--distro needs debian or ubuntu"; distro=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot)"
 
-read -r -a guest_packages <<<"$("$REPO/vagrant/provision.sh" --list-packages --distro debian | tr '\n' ' ')"
+case $distro in
+  debian)
+    SUITE=bookworm
+    MIRROR=${KILN_VM_MIRROR:-http://deb.debian.org/debian}
+    COMPONENTS=main
+    SECURITY_MIRROR=${MIRROR%/debian}/debian-security
+    SECURITY_SUITE=$SUITE-security
+    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+    KEYRING_PACKAGE=debian-archive-keyring
+    SCRIPT=""
+    KERNEL_PACKAGES="linux-image-amd64 linux-headers-amd64"
+    ;;
+  ubuntu)
+    SUITE=noble
+    MIRROR=${KILN_VM_MIRROR:-http://archive.ubuntu.com/ubuntu}
+    COMPONENTS="main universe"  # bpfcc-tools and vagrant (for its key) are in universe
+    SECURITY_MIRROR=$MIRROR
+    SECURITY_SUITE=$SUITE-security
+    KEYRING=/usr/share/keyrings/ubuntu-archive-keyring.gpg
+    KEYRING_PACKAGE=ubuntu-keyring
+    # Debian 12's debootstrap predates noble; its releases all use this script.
+    SCRIPT=/usr/share/debootstrap/scripts/gutsy
+    KERNEL_PACKAGES="linux-image-virtual linux-headers-virtual"
+    ;;
+  *) die "unknown distribution $distro: use debian or ubuntu" ;;
+esac
+
+read -r -a guest_packages <<<"$("$REPO/vagrant/provision.sh" --list-packages --distro "$distro" | tr '\n' ' ')"
 key=$( { cat "$0"; printf '%s\n' "$SUITE" "$MIRROR" "${guest_packages[@]}"; } | sha256sum | cut -c1-16)
-image_dir=$CACHE/$key
+image_dir=$CACHE/$distro-$key
 
 pack_box() {
   local out=$1 stage
@@ -91,12 +120,38 @@ for tool in debootstrap:debootstrap qemu-img:qemu-utils sfdisk:fdisk mkfs.ext4:e
             qemu-system-x86_64:qemu-system-x86 ssh:openssh-client; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+# Debian carries no Ubuntu keyring package: see ubuntu_keyring below.
+[ -e "$KEYRING" ] || [ "$distro" = ubuntu ] || missing+=("$KEYRING_PACKAGE")
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Ubuntu's archive key, for debootstrap to check noble's Release file: the
+# keyring package is taken from the archive over HTTPS (the TLS certificate
+# is the trust anchor) and checked against the SHA-256 in its signed-over
+# package index, fetched the same way.
+ubuntu_keyring() {
+  local out=$CACHE/ubuntu-archive-keyring.gpg index entry file sum tmp
+  if [ ! -s "$out" ]; then
+    index=https://archive.ubuntu.com/ubuntu/dists/$SUITE/main/binary-amd64/Packages.gz
+    entry=$(curl -fsS --max-time 120 "$index" | gzip -dc \
+      | awk '/^Package: ubuntu-keyring$/ {p = 1} p && /^(Filename|SHA256):/ {print $2} /^$/ {p = 0}')
+    file=$(sed -n 1p <<<"$entry"); sum=$(sed -n 2p <<<"$entry")
+    [ -n "$file" ] && [ -n "$sum" ] || die "no ubuntu-keyring in $index"
+    tmp=$(mktemp -d)
+    curl -fsS --max-time 120 -o "$tmp/keyring.deb" "https://archive.ubuntu.com/ubuntu/$file"
+    echo "$sum  $tmp/keyring.deb" | sha256sum -c --quiet - || die "ubuntu-keyring: checksum mismatch"
+    dpkg-deb --fsys-tarfile "$tmp/keyring.deb" \
+      | tar -x -C "$tmp" ./usr/share/keyrings/ubuntu-archive-keyring.gpg
+    install -m 0644 "$tmp/usr/share/keyrings/ubuntu-archive-keyring.gpg" "$out"
+    rm -rf "$tmp"
+  fi
+  KEYRING=$out
+}
+if [ "$distro" = ubuntu ] && [ ! -e "$KEYRING" ]; then ubuntu_keyring; fi
 
 # -- root file system -------------------------------------------------------------
 
@@ -121,7 +176,9 @@ fi
 
 t0=$SECONDS
 say "debootstrap $SUITE (minbase) from $MIRROR"
-debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$root" "$MIRROR" \
+# shellcheck disable=SC2086  # no SCRIPT argument at all for Debian
+debootstrap --variant=minbase --include=ca-certificates --keyring="$KEYRING" \
+  "$SUITE" "$root" "$MIRROR" $SCRIPT \
   >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
 say "debootstrap done in $((SECONDS - t0)) s"
 
@@ -139,9 +196,9 @@ printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
 
 cat >"$root/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb ${MIRROR%/debian}/debian-security $SUITE-security main
+deb $MIRROR $SUITE $COMPONENTS
+deb $MIRROR $SUITE-updates $COMPONENTS
+deb $SECURITY_MIRROR $SECURITY_SUITE $COMPONENTS
 EOF
 echo kiln-vm >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tkiln-vm\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
@@ -161,8 +218,9 @@ EOF
 t0=$SECONDS
 say "apt: kernel, headers, boot and provision.sh's packages"
 in_root apt-get update -qq >/dev/null
+# shellcheck disable=SC2086  # KERNEL_PACKAGES is a list
 in_root apt-get install -y -qq --no-install-recommends \
-  linux-image-amd64 linux-headers-amd64 grub-pc initramfs-tools zstd \
+  $KERNEL_PACKAGES grub-pc initramfs-tools zstd \
   systemd-sysv systemd-resolved udev dbus kmod iproute2 openssh-server sudo rsync \
   python3 "${guest_packages[@]}" >"$work/apt.log" 2>&1 \
   || { tail -n 30 "$work/apt.log" >&2; die "apt-get install failed in the image"; }
@@ -202,7 +260,13 @@ echo vagrant:vagrant | in_root chpasswd
 echo 'vagrant ALL=(ALL) NOPASSWD: ALL' >"$root/etc/sudoers.d/vagrant"
 chmod 0440 "$root/etc/sudoers.d/vagrant"
 mkdir -p "$root/tmp/vagrant-deb"
-in_root sh -c 'cd /tmp/vagrant-deb && apt-get download -qq vagrant 2>/dev/null'
+if [ "$distro" = debian ]; then
+  in_root sh -c 'cd /tmp/vagrant-deb && apt-get download -qq vagrant 2>/dev/null'
+else
+  # Ubuntu 24.04 no longer packages Vagrant: the same key from this (Debian) host's archive.
+  (cd "$root/tmp/vagrant-deb" && apt-get download -qq vagrant 2>/dev/null) \
+    || die "cannot download Debian's vagrant package (for its insecure key) on this host"
+fi
 dpkg-deb --fsys-tarfile "$root"/tmp/vagrant-deb/vagrant_*.deb \
   | tar -x -C "$root/tmp/vagrant-deb" --wildcards '*/keys/vagrant' '*/keys/vagrant.pub'
 install -d -m 0700 -o 1000 -g 1000 "$root/home/vagrant/.ssh"
@@ -250,15 +314,19 @@ cp -r "$root/usr/lib/grub/i386-pc" "$root/boot/grub/"
 in_root grub-mkimage -O i386-pc -o /boot/grub/i386-pc/core.img -p '(hd0,msdos1)/boot/grub' \
   biosdisk part_msdos ext2 search_fs_uuid
 # Written here rather than by update-grub, which cannot know the VM's disk
-# from a chroot; /vmlinuz and /initrd.img follow kernel upgrades.
+# from a chroot; the vmlinuz and initrd.img links follow kernel upgrades
+# (Debian keeps them in /, Ubuntu in /boot).
+boot_links=""
+[ -e "$root/vmlinuz" ] || boot_links=/boot
+[ -e "$root$boot_links/vmlinuz" ] || die "no vmlinuz link in / or /boot of the image"
 cat >"$root/boot/grub/grub.cfg" <<EOF
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
 set timeout=0
 search --no-floppy --fs-uuid --set=root $uuid
-linux /vmlinuz root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
-initrd /initrd.img
+linux $boot_links/vmlinuz root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8
+initrd $boot_links/initrd.img
 boot
 EOF
 umount "$root/proc" "$root/sys"
@@ -279,8 +347,10 @@ cp "$work"/*.log "$work/out/"
 echo "$key" >"$work/out/ok"
 say "disk image done in $((SECONDS - t0)) s"
 
-# Only the newest image is kept: each is about 1.5 GiB.
-find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
+# Only the newest image of each distribution is kept: each is about 1.5 GiB.
+# (Directories without a distribution prefix are from older builders.)
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$distro-$key" \
+  \( -name "$distro-*" -o ! -name "*-*" \) -exec rm -rf {} +
 rm -rf "$image_dir"
 mv "$work/out" "$image_dir"
 say "image ready: $image_dir"

@@ -6,6 +6,7 @@ forwarded to free ports on the host's 127.0.0.1, the way Vagrant forwards
 them. The serial console goes to a log file. Used by tests/vm; by hand:
 
     python3 -m tools.vm.qemu    # boots, prints the ssh and UI addresses, waits for Ctrl-C
+    KILN_VM_DISTRO=ubuntu python3 -m tools.vm.qemu    # the Ubuntu 24.04 image
 """
 
 from __future__ import annotations
@@ -62,11 +63,21 @@ def accelerator() -> tuple[str, str]:
     return "kvm", "no hardware KVM module seen; trying /dev/kvm anyway"
 
 
+def distro() -> str:
+    """The guest distribution: debian (the default, what `make test` boots) or
+    ubuntu (`make vm-test-ubuntu`), from KILN_VM_DISTRO."""
+    return os.environ.get("KILN_VM_DISTRO", "") or "debian"
+
+
 def build_image(log: Path, timeout: float = 1800) -> Path:
-    """Build (or reuse the cached) image; return its directory."""
+    """Build (or reuse the cached) image of distro(); return its directory."""
     with log.open("w") as f:
         proc = subprocess.run(
-            [str(BUILD_IMAGE)], stdout=subprocess.PIPE, stderr=f, text=True, timeout=timeout
+            [str(BUILD_IMAGE), "--distro", distro()],
+            stdout=subprocess.PIPE,
+            stderr=f,
+            text=True,
+            timeout=timeout,
         )
     if proc.returncode != 0:
         raise VmError(f"build-image.sh failed ({proc.returncode}); see {log}")
