@@ -148,11 +148,18 @@ static __always_inline u64 leaf_caller(u64 ip, u64 sp)
 	return ret;
 }
 
+/* Hide a loop index from the optimizer. Newer clang (LLVM 18, Ubuntu 24.04's
+ * BCC) trusts the array's bound over the loop's own `i < DEPTH` test, drops
+ * the test and unrolls into a read one slot past the array, which the
+ * verifier rightly refuses. */
+#define opaque(v) asm volatile("" : "+r"(v))
+
 /* FNV-1a over the frames; 0 is reserved for "no stack". */
 static __always_inline u64 stack_hash(struct kiln_stack *st)
 {
 	u64 h = 0xcbf29ce484222325ull;
 	for (int i = 0; i < KILN_MAX_STACK_DEPTH; i++) {
+		opaque(i);
 		if (i >= st->len)
 			break;
 		h ^= st->ips[i];

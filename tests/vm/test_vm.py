@@ -10,6 +10,9 @@ flamegraph and the pprof download, a second provisioning run that changes
 nothing, reload, restart and upgrade keeping history, and uninstall keeping
 config and data. The tests run in order on one VM.
 
+With KILN_VM_DISTRO=ubuntu (`make vm-test-ubuntu`) the guest is Ubuntu 24.04
+with its 6.8 kernel instead; everything else is the same.
+
 Runs with `make test` wherever /dev/kvm is usable; with no /dev/kvm it skips,
 and with CI=true a /dev/kvm that exists but cannot be used is a failure.
 Where /dev/kvm is kvm_pvm (cloud VMs without nested VMX/SVM), which cannot
