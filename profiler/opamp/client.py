@@ -297,10 +297,10 @@ class OpampClient:
         heartbeats off (HTTP still polls at opamp.poll_interval)."""
         low, high = HEARTBEAT_BOUNDS_S
         value = 0.0 if seconds == 0 else min(max(float(seconds), low), high)
+        if value == self.offered_heartbeat_s:
+            return  # servers repeat their offer; say things once
         if value != seconds:
             log.warning("OpAMP heartbeat interval of %d s offered; using %g s", seconds, value)
-        if value == self.offered_heartbeat_s:
-            return
         self.offered_heartbeat_s = value
         self._next_poll = min(self._next_poll, self._last_send + self.interval())
         log.info(

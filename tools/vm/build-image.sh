@@ -66,7 +66,6 @@ case $distro in
     SECURITY_MIRROR=$MIRROR
     SECURITY_SUITE=$SUITE-security
     KEYRING=/usr/share/keyrings/ubuntu-archive-keyring.gpg
-    KEYRING_PACKAGE=ubuntu-keyring
     # Debian 12's debootstrap predates noble; its releases all use this script.
     SCRIPT=/usr/share/debootstrap/scripts/gutsy
     KERNEL_PACKAGES="linux-image-virtual linux-headers-virtual"
