@@ -21,6 +21,7 @@ from tests.export.receivers import GrpcFailure, OtlpGrpcReceiver, ParcaReceiver
 from tests.export.workload import batch_of
 
 LIMIT = 4 << 20  # what grpc.server() accepts unless told otherwise
+Rig = tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]]
 
 
 def deep_profile(rows: int, depth: int = 127, seed: int = 3) -> Profile:
@@ -65,9 +66,7 @@ def big() -> ExportBatch:
 
 
 @pytest.fixture
-def grpc_otlp() -> Iterator[
-    tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]]
-]:
+def grpc_otlp() -> Iterator[Rig]:
     with OtlpGrpcReceiver() as rx:
         inner = make_transport("otlp_grpc", endpoint=f"http://{rx.endpoint}")
         t = SplitRequests(inner, LIMIT)
@@ -116,7 +115,7 @@ def test_unsplit_big_request_is_refused_by_the_receiver(big: ExportBatch) -> Non
 
 def test_big_window_arrives_whole_in_parts(
     big: ExportBatch,
-    grpc_otlp: tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]],
+    grpc_otlp: Rig,
 ) -> None:
     rx, t = grpc_otlp
     result = t.send(big, 30.0)
@@ -134,7 +133,7 @@ def test_big_window_arrives_whole_in_parts(
 
 
 def test_small_window_is_one_request(
-    grpc_otlp: tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]],
+    grpc_otlp: Rig,
 ) -> None:
     rx, t = grpc_otlp
     small = batch_of(deep_profile(30))
@@ -145,7 +144,7 @@ def test_small_window_is_one_request(
 
 def test_retry_resumes_after_the_parts_already_taken(
     big: ExportBatch,
-    grpc_otlp: tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]],
+    grpc_otlp: Rig,
 ) -> None:
     rx, t = grpc_otlp
     rx.script.extend([None, GrpcFailure(grpc.StatusCode.UNAVAILABLE, "collector restarting")])
@@ -161,7 +160,7 @@ def test_retry_resumes_after_the_parts_already_taken(
 
 def test_part_refused_for_good_counts_only_the_rest(
     big: ExportBatch,
-    grpc_otlp: tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]],
+    grpc_otlp: Rig,
 ) -> None:
     rx, t = grpc_otlp
     rx.script.extend([None, GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "bad part")])
@@ -178,7 +177,7 @@ def test_part_refused_for_good_counts_only_the_rest(
 
 def test_first_part_refused_for_good_refuses_the_batch(
     big: ExportBatch,
-    grpc_otlp: tuple[OtlpGrpcReceiver, SplitRequests[svc.ExportProfilesServiceRequest]],
+    grpc_otlp: Rig,
 ) -> None:
     rx, t = grpc_otlp
     rx.script.append(GrpcFailure(grpc.StatusCode.PERMISSION_DENIED, "no tenant"))

@@ -116,20 +116,30 @@ def heartbeats_after(server: OpampTestServer, t0: float) -> list[float]:
         ]
 
 
+def first_gaps(server: OpampTestServer, n: int, timeout: float) -> list[float]:
+    """The gaps between the next n + 1 heartbeats from now."""
+    t0 = time.monotonic()
+    server.wait_for(f"{n + 1} heartbeats", lambda: heartbeats_after(server, t0)[n:], timeout)
+    return [b - a for a, b in itertools.pairwise(heartbeats_after(server, t0)[: n + 1])]
+
+
+def connected_with_offer(
+    server: OpampTestServer, clients: Clients, poll_interval: float, offer: int
+) -> Harness:
+    h = clients.make(server, opamp={"poll_interval": poll_interval})
+    server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
+    server.offer_heartbeat(offer)
+    server.wait_for("the offer", lambda: h.client.offered_heartbeat_s is not None)
+    return h
+
+
 def test_websocket_sends_heartbeats_at_the_configured_interval(clients: Clients) -> None:
     server = OpampTestServer("ws").start()
     try:
         h = clients.make(server, opamp={"poll_interval": 0.3})
         server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
-        t0 = time.monotonic()
-        server.wait_for("4 heartbeats", lambda: heartbeats_after(server, t0)[3:4], 5)
-        gaps = [
-            b - a
-            for a, b in zip(
-                heartbeats_after(server, t0), heartbeats_after(server, t0)[1:], strict=False
-            )
-        ]
-        assert all(0.25 <= g <= 1.0 for g in gaps[:3]), gaps
+        gaps = first_gaps(server, 3, timeout=5)
+        assert all(0.25 <= g <= 1.0 for g in gaps), gaps
         assert h.client.status()["heartbeat"] == "0.3s"
         assert_no_gaps(server)
     finally:
@@ -139,14 +149,8 @@ def test_websocket_sends_heartbeats_at_the_configured_interval(clients: Clients)
 def test_server_offered_heartbeat_interval_is_used(
     server: OpampTestServer, clients: Clients
 ) -> None:
-    h = clients.make(server, opamp={"poll_interval": 2.5})
-    server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
-    server.offer_heartbeat(1)
-    server.wait_for("the offer", lambda: h.client.offered_heartbeat_s == 1.0)
-    t0 = time.monotonic()
-    server.wait_for("4 heartbeats", lambda: heartbeats_after(server, t0)[3:4], 10)
-    beats = heartbeats_after(server, t0)[:4]
-    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    h = connected_with_offer(server, clients, poll_interval=2.5, offer=1)
+    gaps = first_gaps(server, 3, timeout=10)
     assert all(0.8 <= g <= 1.8 for g in gaps), gaps  # 1 s offered, not 2.5 s configured
     assert h.client.status()["heartbeat"] == "1s"
     assert_no_gaps(server)
@@ -155,10 +159,7 @@ def test_server_offered_heartbeat_interval_is_used(
 def test_heartbeat_offer_of_zero_stops_websocket_heartbeats_not_http_polls(
     server: OpampTestServer, clients: Clients
 ) -> None:
-    h = clients.make(server, opamp={"poll_interval": 0.2})
-    server.wait_for("connected", lambda: h.client.status()["state"] == "connected")
-    server.offer_heartbeat(0)
-    server.wait_for("the offer", lambda: h.client.offered_heartbeat_s == 0.0)
+    h = connected_with_offer(server, clients, poll_interval=0.2, offer=0)
     time.sleep(0.3)  # a message already due may still go
     t0 = time.monotonic()
     time.sleep(1.2)
