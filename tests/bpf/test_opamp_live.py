@@ -207,6 +207,7 @@ def test_live_frequency_change_and_agent_page(
             "last_config_status": "applied",
             "error": "",
             "instance_uid": agent["remote_control"]["instance_uid"],
+            "heartbeat": "0.5s",  # HTTP: the configured poll_interval
         }
         effective = [m for m in server.messages() if m.HasField("effective_config")][-1]
         assert b"frequency: 49" in effective.effective_config.config_map.config_map[
