@@ -212,9 +212,7 @@ class OpampClient:
                 if gap > 0:
                     return gap
                 due = now >= self._next_poll
-                # HTTP polls whatever the server offered: it is the only way
-                # the server's messages get here. A heartbeat is a poll.
-                beat = due and (self.transport.polls or self.offered_heartbeat_s != 0)
+                beat = due and self.heartbeats()
                 if due and not beat:
                     # WebSocket with heartbeats off: still look at health this often.
                     self._next_poll = now + self.interval()
@@ -224,6 +222,11 @@ class OpampClient:
             self._failed(e)
             return 0.0
         return max(0.0, min(self._next_poll - self._clock(), self.interval()))
+
+    def heartbeats(self) -> bool:
+        """Whether a due poll goes out. HTTP polls whatever the server offered:
+        it is the only way the server's messages get here. A heartbeat is a poll."""
+        return self.transport.polls or self.offered_heartbeat_s != 0
 
     def interval(self) -> float:
         """Seconds between polls and heartbeats, counted from the last message sent."""
@@ -430,11 +433,7 @@ class OpampClient:
             "last_config_status": self.remote.state.value,
             "error": error,
             "instance_uid": str(uuid.UUID(bytes=self.session.instance_uid)),
-            "heartbeat": (
-                "off"
-                if self.offered_heartbeat_s == 0 and not self.transport.polls
-                else f"{self.interval():g}s"
-            ),
+            "heartbeat": f"{self.interval():g}s" if self.heartbeats() else "off",
         }
 
 

@@ -53,7 +53,6 @@ case $distro in
     MIRROR=${KILN_VM_MIRROR:-http://deb.debian.org/debian}
     COMPONENTS=main
     SECURITY_MIRROR=${MIRROR%/debian}/debian-security
-    SECURITY_SUITE=$SUITE-security
     KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
     KEYRING_PACKAGE=debian-archive-keyring
     SCRIPT=""
@@ -64,7 +63,6 @@ case $distro in
     MIRROR=${KILN_VM_MIRROR:-http://archive.ubuntu.com/ubuntu}
     COMPONENTS="main universe"  # bpfcc-tools and vagrant (for its key) are in universe
     SECURITY_MIRROR=$MIRROR
-    SECURITY_SUITE=$SUITE-security
     KEYRING=/usr/share/keyrings/ubuntu-archive-keyring.gpg
     # Debian 12's debootstrap predates noble; its releases all use this script.
     SCRIPT=/usr/share/debootstrap/scripts/gutsy
@@ -129,9 +127,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Ubuntu's archive key, for debootstrap to check noble's Release file: the
-# keyring package is taken from the archive over HTTPS (the TLS certificate
-# is the trust anchor) and checked against the SHA-256 in its signed-over
-# package index, fetched the same way.
+# keyring package and the package index naming its SHA-256 are both fetched
+# from the archive over HTTPS, so the TLS certificate is the trust anchor.
 ubuntu_keyring() {
   local out=$CACHE/ubuntu-archive-keyring.gpg index entry file sum tmp
   if [ ! -s "$out" ]; then
@@ -197,7 +194,7 @@ chmod 0755 "$root/usr/sbin/policy-rc.d"
 cat >"$root/etc/apt/sources.list" <<EOF
 deb $MIRROR $SUITE $COMPONENTS
 deb $MIRROR $SUITE-updates $COMPONENTS
-deb $SECURITY_MIRROR $SECURITY_SUITE $COMPONENTS
+deb $SECURITY_MIRROR $SUITE-security $COMPONENTS
 EOF
 echo kiln-vm >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tkiln-vm\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
